@@ -16,12 +16,14 @@ pub mod values;
 
 pub use event::{Actor, Envelope, EventId, RequestId, StreamId};
 pub use publication::{
-    Amendment, Command, Content, Publication, PublicationError, PublicationEvent, Status, decide,
-    evolve,
+    Amendment, Command, Content, Publication, PublicationAmended, PublicationError,
+    PublicationEvent, PublicationPublished, PublicationRetracted, PublicationScheduled,
+    PublicationState, PublicationWentLive, Status, decide, evolve,
 };
 pub use publisher::{Issuer, PublisherId, Role, Scope, TokenId};
 pub use time::Timestamp;
 pub use values::{
-    Attachment, Attachments, Body, Category, CommuneSet, DepartmentCode, HttpsUrl, InseeCode,
-    Priority, PublicationId, Title, ValueError, VisibilityWindow,
+    Attachment, AttachmentName, Attachments, Body, Category, CommuneSet, ContentType,
+    DepartmentCode, HttpsUrl, InseeCode, Priority, PublicationId, Title, ValueError,
+    VisibilityWindow,
 };

@@ -42,8 +42,9 @@ pub enum Status {
     },
 }
 
-/// A publication as known from its events.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A publication as known from its events. The read side stores it too (as the
+/// record a projector folds the next event into), hence serde.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PublicationState {
     pub id: PublicationId,
     pub publisher: PublisherId,
@@ -159,7 +160,10 @@ pub enum Command {
     /// Put a scheduled publication live once its time has come (the scheduler's command).
     GoLive,
     /// Change some fields.
-    Amend { issuer: Issuer, amendment: Amendment },
+    Amend {
+        issuer: Issuer,
+        amendment: Amendment,
+    },
     /// Take it off every board.
     Retract { issuer: Issuer },
 }
@@ -292,7 +296,11 @@ pub enum PublicationError {
 }
 
 fn list(codes: &[InseeCode]) -> String {
-    codes.iter().map(InseeCode::as_str).collect::<Vec<_>>().join(", ")
+    codes
+        .iter()
+        .map(InseeCode::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Decides which events a command produces, or which rule it breaks.
@@ -456,7 +464,10 @@ fn ensure_in_scope<'a>(
     issuer: &Issuer,
     communes: impl Iterator<Item = &'a InseeCode>,
 ) -> Result<(), PublicationError> {
-    let outside: Vec<InseeCode> = communes.filter(|c| !issuer.scope.contains(c)).copied().collect();
+    let outside: Vec<InseeCode> = communes
+        .filter(|c| !issuer.scope.contains(c))
+        .copied()
+        .collect();
     if outside.is_empty() {
         Ok(())
     } else {
@@ -562,8 +573,12 @@ pub fn apply_amendment(current: &mut PublicationState, changes: &Amendment) {
     if let Some(priority) = changes.priority {
         content.priority = priority;
     }
-    let from = changes.visible_from.unwrap_or_else(|| content.window.from());
-    let until = changes.visible_until.unwrap_or_else(|| content.window.until());
+    let from = changes
+        .visible_from
+        .unwrap_or_else(|| content.window.from());
+    let until = changes
+        .visible_until
+        .unwrap_or_else(|| content.window.until());
     // `decide` only records windows that are valid; should a log ever hold one that
     // is not, keep the previous window rather than refuse to replay.
     if let Ok(window) = VisibilityWindow::new(from, until) {

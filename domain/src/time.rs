@@ -127,14 +127,27 @@ mod tests {
 
     #[test]
     fn text_that_is_not_rfc3339_is_rejected() {
-        for bad in ["", "2026-11-28", "28/11/2026 09:30", "2026-11-28T09:30:00", "0999-01-01T00:00:00Z"] {
-            assert_eq!(Timestamp::parse_rfc3339(bad), Err(InvalidTimestamp), "{bad}");
+        for bad in [
+            "",
+            "2026-11-28",
+            "28/11/2026 09:30",
+            "2026-11-28T09:30:00",
+            "0999-01-01T00:00:00Z",
+        ] {
+            assert_eq!(
+                Timestamp::parse_rfc3339(bad),
+                Err(InvalidTimestamp),
+                "{bad}"
+            );
         }
     }
 
     #[test]
     fn json_uses_rfc3339() {
         let t = Timestamp::from_unix_micros(0);
-        assert_eq!(serde_json::to_string(&t).unwrap(), "\"1970-01-01T00:00:00Z\"");
+        assert_eq!(
+            serde_json::to_string(&t).unwrap(),
+            "\"1970-01-01T00:00:00Z\""
+        );
     }
 }

@@ -33,7 +33,9 @@ pub enum ValueError {
     TooLong { max: usize, actual: usize },
     #[error("must not contain control characters{}", if *.line_breaks_allowed { " other than line breaks and tabs" } else { "" })]
     ControlCharacter { line_breaks_allowed: bool },
-    #[error("must be an https:// URL with a host, at most 2048 characters, without spaces or credentials")]
+    #[error(
+        "must be an https:// URL with a host, at most 2048 characters, without spaces or credentials"
+    )]
     NotHttpsUrl,
     #[error("expected a media type such as application/pdf")]
     MalformedContentType,
@@ -98,7 +100,10 @@ impl InseeCode {
         };
         let mut code = [0u8; 3];
         code[..len].copy_from_slice(&self.0[..len]);
-        DepartmentCode { code, len: len as u8 }
+        DepartmentCode {
+            code,
+            len: len as u8,
+        }
     }
 }
 
@@ -162,7 +167,8 @@ impl DepartmentCode {
     }
 
     pub fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.code[..usize::from(self.len)]).expect("a department code is ASCII")
+        std::str::from_utf8(&self.code[..usize::from(self.len)])
+            .expect("a department code is ASCII")
     }
 }
 
@@ -257,9 +263,8 @@ fn check_text(text: &str, max: usize, line_breaks_allowed: bool) -> Result<(), V
     if actual > max {
         return Err(ValueError::TooLong { max, actual });
     }
-    let forbidden = |c: char| {
-        c.is_control() && !(line_breaks_allowed && matches!(c, '\n' | '\r' | '\t'))
-    };
+    let forbidden =
+        |c: char| c.is_control() && !(line_breaks_allowed && matches!(c, '\n' | '\r' | '\t'));
     if text.chars().any(forbidden) {
         return Err(ValueError::ControlCharacter {
             line_breaks_allowed,
@@ -446,9 +451,8 @@ impl ContentType {
         let name_ok = |s: &str| {
             !s.is_empty()
                 && s.len() <= 127
-                && s.bytes().all(|b| {
-                    b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b)
-                })
+                && s.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(&b))
         };
         match text.split_once('/') {
             Some((kind, sub)) if name_ok(kind) && name_ok(sub) => Ok(Self(text)),
@@ -594,7 +598,9 @@ impl From<CommuneSet> for Vec<InseeCode> {
 
 impl fmt::Debug for CommuneSet {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_set().entries(self.0.iter().map(InseeCode::as_str)).finish()
+        f.debug_set()
+            .entries(self.0.iter().map(InseeCode::as_str))
+            .finish()
     }
 }
 
@@ -656,7 +662,9 @@ mod tests {
 
     #[test]
     fn insee_codes_of_mainland_corsica_and_overseas_are_accepted() {
-        for code in ["35238", "42218", "2A004", "2B033", "97411", "98735", "01001"] {
+        for code in [
+            "35238", "42218", "2A004", "2B033", "97411", "98735", "01001",
+        ] {
             assert_eq!(InseeCode::parse(code).unwrap().as_str(), code);
         }
         assert_eq!(InseeCode::parse("2a004").unwrap().as_str(), "2A004");
@@ -664,14 +672,34 @@ mod tests {
 
     #[test]
     fn malformed_insee_codes_are_refused() {
-        for code in ["", "3523", "352380", "3523A", "2C004", "20004", "00123", "35 38", "３５２３８"] {
-            assert_eq!(InseeCode::parse(code), Err(ValueError::MalformedInseeCode), "{code}");
+        for code in [
+            "",
+            "3523",
+            "352380",
+            "3523A",
+            "2C004",
+            "20004",
+            "00123",
+            "35 38",
+            "３５２３８",
+        ] {
+            assert_eq!(
+                InseeCode::parse(code),
+                Err(ValueError::MalformedInseeCode),
+                "{code}"
+            );
         }
     }
 
     #[test]
     fn a_commune_knows_its_department() {
-        let dep = |c: &str| InseeCode::parse(c).unwrap().department().as_str().to_owned();
+        let dep = |c: &str| {
+            InseeCode::parse(c)
+                .unwrap()
+                .department()
+                .as_str()
+                .to_owned()
+        };
         assert_eq!(dep("35238"), "35");
         assert_eq!(dep("2A004"), "2A");
         assert_eq!(dep("97411"), "974");
@@ -680,11 +708,19 @@ mod tests {
 
     #[test]
     fn department_codes_follow_the_official_list() {
-        for ok in ["01", "35", "95", "2A", "2b", "971", "976", "978", "984", "989"] {
+        for ok in [
+            "01", "35", "95", "2A", "2b", "971", "976", "978", "984", "989",
+        ] {
             assert!(DepartmentCode::parse(ok).is_ok(), "{ok}");
         }
-        for bad in ["", "0", "00", "20", "96", "2C", "970", "979", "983", "990", "350"] {
-            assert_eq!(DepartmentCode::parse(bad), Err(ValueError::MalformedDepartmentCode), "{bad}");
+        for bad in [
+            "", "0", "00", "20", "96", "2C", "970", "979", "983", "990", "350",
+        ] {
+            assert_eq!(
+                DepartmentCode::parse(bad),
+                Err(ValueError::MalformedDepartmentCode),
+                "{bad}"
+            );
         }
     }
 
@@ -692,8 +728,16 @@ mod tests {
     fn publication_ids_must_be_uuid_v7() {
         assert!(PublicationId::parse("01936f5e-8f3a-7c3b-9a6e-3f1d2c4b5a69").is_ok());
         // A v4 UUID, a bare UUID without hyphens, and garbage are all refused.
-        for bad in ["0b5e7a4e-3f2c-4d9b-8a1e-6c5d4b3a2f10", "01936f5e8f3a7c3b9a6e3f1d2c4b5a69", "x"] {
-            assert_eq!(PublicationId::parse(bad), Err(ValueError::MalformedPublicationId), "{bad}");
+        for bad in [
+            "0b5e7a4e-3f2c-4d9b-8a1e-6c5d4b3a2f10",
+            "01936f5e8f3a7c3b9a6e3f1d2c4b5a69",
+            "x",
+        ] {
+            assert_eq!(
+                PublicationId::parse(bad),
+                Err(ValueError::MalformedPublicationId),
+                "{bad}"
+            );
         }
     }
 
@@ -702,7 +746,10 @@ mod tests {
         assert!(Title::parse("é".repeat(140)).is_ok());
         assert_eq!(
             Title::parse("é".repeat(141)),
-            Err(ValueError::TooLong { max: 140, actual: 141 })
+            Err(ValueError::TooLong {
+                max: 140,
+                actual: 141
+            })
         );
         assert_eq!(Title::parse("   "), Err(ValueError::Blank));
         assert_eq!(Title::parse(""), Err(ValueError::Blank));
@@ -759,7 +806,10 @@ mod tests {
         assert!(Attachments::new(vec![one.clone(); 10]).is_ok());
         assert_eq!(
             Attachments::new(vec![one; 11]),
-            Err(ValueError::TooManyAttachments { max: 10, actual: 11 })
+            Err(ValueError::TooManyAttachments {
+                max: 10,
+                actual: 11
+            })
         );
     }
 
@@ -789,6 +839,9 @@ mod tests {
         assert!(serde_json::from_str::<Title>("\"\"").is_err());
         assert!(serde_json::from_str::<InseeCode>("\"1234\"").is_err());
         assert!(serde_json::from_str::<Category>("\"party\"").is_err());
-        assert_eq!(serde_json::from_str::<Category>("\"roadworks\"").unwrap(), Category::Roadworks);
+        assert_eq!(
+            serde_json::from_str::<Category>("\"roadworks\"").unwrap(),
+            Category::Roadworks
+        );
     }
 }

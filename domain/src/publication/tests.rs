@@ -5,9 +5,9 @@ use proptest::prelude::*;
 use uuid::Uuid;
 
 use super::*;
+use crate::Attachment;
 use crate::publisher::Scope;
 use crate::values::{AttachmentName, ContentType, DepartmentCode, HttpsUrl};
-use crate::Attachment;
 
 const NOW: i64 = 1_790_000_000_000_000; // 2026-09-21
 
@@ -298,7 +298,11 @@ fn a_due_scheduled_publication_goes_live() {
 
 #[test]
 fn a_scheduled_publication_does_not_go_live_early() {
-    then_error(&given(&[scheduled(30)]), Command::GoLive, PublicationError::NotDue);
+    then_error(
+        &given(&[scheduled(30)]),
+        Command::GoLive,
+        PublicationError::NotDue,
+    );
 }
 
 #[test]
@@ -454,7 +458,14 @@ fn publish_at_moves_only_while_scheduled() {
         publish_at: Some(at(7200)),
         ..Amendment::default()
     };
-    assert!(decide(&given(&[scheduled(3600)]), amend(editor(), later.clone()), now()).is_ok());
+    assert!(
+        decide(
+            &given(&[scheduled(3600)]),
+            amend(editor(), later.clone()),
+            now()
+        )
+        .is_ok()
+    );
     then_error(
         &given(&[published(&["35238"])]),
         amend(editor(), later),
@@ -556,7 +567,11 @@ fn scope() -> impl Strategy<Value = Scope> {
         proptest::sample::subsequence(POOL.to_vec(), 0..=POOL.len())
             .prop_map(|l| Scope::Communes(l.iter().map(|c| code(c)).collect())),
         proptest::sample::subsequence(vec!["35", "29", "2A", "974"], 0..=4).prop_map(|l| {
-            Scope::Departments(l.iter().map(|d| DepartmentCode::parse(d).unwrap()).collect())
+            Scope::Departments(
+                l.iter()
+                    .map(|d| DepartmentCode::parse(d).unwrap())
+                    .collect(),
+            )
         }),
     ]
 }
@@ -584,14 +599,16 @@ fn amendment() -> impl Strategy<Value = Amendment> {
         proptest::option::of(proptest::option::of(-100i64..100_000)),
         proptest::option::of(0i64..100_000),
     )
-        .prop_map(|(communes, retitle, priority, until, publish_at)| Amendment {
-            communes,
-            title: retitle.then(|| Title::parse("Nouveau titre").unwrap()),
-            priority,
-            visible_until: until.map(|u| u.map(at)),
-            publish_at: publish_at.map(at),
-            ..Amendment::default()
-        })
+        .prop_map(
+            |(communes, retitle, priority, until, publish_at)| Amendment {
+                communes,
+                title: retitle.then(|| Title::parse("Nouveau titre").unwrap()),
+                priority,
+                visible_until: until.map(|u| u.map(at)),
+                publish_at: publish_at.map(at),
+                ..Amendment::default()
+            },
+        )
 }
 
 fn command() -> impl Strategy<Value = Command> {
@@ -616,7 +633,8 @@ fn command() -> impl Strategy<Value = Command> {
             publish_at: at(s),
         }),
         Just(Command::GoLive),
-        (issuer(), amendment()).prop_map(|(issuer, amendment)| Command::Amend { issuer, amendment }),
+        (issuer(), amendment())
+            .prop_map(|(issuer, amendment)| Command::Amend { issuer, amendment }),
         issuer().prop_map(|issuer| Command::Retract { issuer }),
     ]
 }

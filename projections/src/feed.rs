@@ -1,0 +1,327 @@
+//! The per-commune feed as a fold of publication events.
+//!
+//! Two documents make the read model: one record per publication (its domain
+//! state, folded by the domain's own `evolve`) and one feed document per commune
+//! (the entries shown on that commune's board). [`step`] says what one event does
+//! to them; a projector stores the results with compare-and-set. Because `step`
+//! applies an event only when it is the next version of its stream, a redelivered
+//! event changes nothing and a missing one is waited for.
+
+use std::collections::{BTreeSet, HashMap};
+
+use panneau_domain::{
+    Attachment, Category, Envelope, InseeCode, Priority, Publication, PublicationEvent,
+    PublicationId, PublicationState, Status, Timestamp, evolve,
+};
+use serde::{Deserialize, Serialize};
+
+/// A publication as the apps read it (the HTTP contract's publication object).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema), schema(as = Publication))]
+pub struct PublicationView {
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = Uuid))]
+    pub id: PublicationId,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>, example = json!(["35238"])))]
+    pub communes: Vec<InseeCode>,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, min_length = 1, max_length = 140))]
+    pub title: panneau_domain::Title,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, min_length = 1, max_length = 8000))]
+    pub body: panneau_domain::Body,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "info"))]
+    pub category: Category,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, example = "normal"))]
+    pub priority: Priority,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub published_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = String, format = DateTime))]
+    pub updated_at: Timestamp,
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<String>, format = DateTime))]
+    pub visible_until: Option<Timestamp>,
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<AttachmentView>))]
+    pub attachments: Vec<Attachment>,
+    pub version: u64,
+}
+
+/// Documentation shape of an attachment (the domain type serialises the same way).
+#[cfg(feature = "openapi")]
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub struct AttachmentView {
+    #[schema(format = Uri, pattern = "^https://")]
+    url: String,
+    #[schema(min_length = 1, max_length = 200)]
+    name: String,
+    #[schema(example = "application/pdf")]
+    content_type: String,
+}
+
+/// One publication on one commune's board, with what ordering and visibility need.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedEntry {
+    pub view: PublicationView,
+    /// When it starts being shown: its publication time, or `visible_from` if later.
+    pub shown_from: Timestamp,
+}
+
+impl FeedEntry {
+    /// Builds the entry of a publication, or `None` when it is on no board.
+    pub fn of(state: &PublicationState) -> Option<FeedEntry> {
+        let published_at = match state.status {
+            Status::Scheduled { publish_at } => publish_at,
+            Status::Live { published_at } => published_at,
+            Status::Retracted { .. } => return None,
+        };
+        let content = &state.content;
+        let shown_from = content
+            .window
+            .from()
+            .map_or(published_at, |from| from.max(published_at));
+        Some(FeedEntry {
+            view: PublicationView {
+                id: state.id,
+                communes: content.communes.iter().copied().collect(),
+                title: content.title.clone(),
+                body: content.body.clone(),
+                category: content.category,
+                priority: content.priority,
+                published_at,
+                updated_at: state.updated_at.unwrap_or(published_at),
+                visible_until: content.window.until(),
+                attachments: content.attachments.as_slice().to_vec(),
+                version: state.version,
+            },
+            shown_from,
+        })
+    }
+
+    pub fn is_visible_at(&self, now: Timestamp) -> bool {
+        self.shown_from <= now && self.view.visible_until.is_none_or(|until| now < until)
+    }
+
+    /// Feed order: urgent first, then newest first; the id breaks ties.
+    pub fn sort_key(&self) -> SortKey {
+        SortKey {
+            normal: self.view.priority == Priority::Normal,
+            newest_first: std::cmp::Reverse(self.view.published_at),
+            id: std::cmp::Reverse(self.view.id),
+        }
+    }
+}
+
+/// The position of an entry in a feed; also what a paging cursor points after.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct SortKey {
+    normal: bool,
+    newest_first: std::cmp::Reverse<Timestamp>,
+    id: std::cmp::Reverse<PublicationId>,
+}
+
+impl SortKey {
+    /// The opaque cursor text for "after this entry": `u|n`, microseconds, id.
+    pub fn to_cursor(self) -> String {
+        format!(
+            "{}.{}.{}",
+            if self.normal { 'n' } else { 'u' },
+            self.newest_first.0.as_unix_micros(),
+            self.id.0
+        )
+    }
+
+    /// Parses a cursor made by [`SortKey::to_cursor`]; `None` if it is not one.
+    pub fn from_cursor(text: &str) -> Option<SortKey> {
+        let mut parts = text.splitn(3, '.');
+        let normal = match parts.next()? {
+            "n" => true,
+            "u" => false,
+            _ => return None,
+        };
+        let micros: i64 = parts.next()?.parse().ok()?;
+        let id = PublicationId::parse(parts.next()?).ok()?;
+        let at = Timestamp::from_unix_micros(micros);
+        (at.as_unix_micros() == micros).then_some(SortKey {
+            normal,
+            newest_first: std::cmp::Reverse(at),
+            id: std::cmp::Reverse(id),
+        })
+    }
+}
+
+/// The board of one commune: its entries in feed order.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FeedDocument {
+    entries: Vec<FeedEntry>,
+}
+
+/// What one event does to one commune's board.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FeedChange {
+    /// Put this entry on the board, replacing an older version of it.
+    Upsert(FeedEntry),
+    /// Take this publication off the board.
+    Remove(PublicationId),
+}
+
+impl FeedDocument {
+    pub fn entries(&self) -> &[FeedEntry] {
+        &self.entries
+    }
+
+    /// Applies a change. `now` is the time of the event that caused it: entries
+    /// whose window closed before it are dropped, which keeps documents small and
+    /// depends on the events alone (never on the clock of the projector).
+    pub fn apply(&mut self, change: &FeedChange, now: Timestamp) {
+        let id = match change {
+            FeedChange::Upsert(entry) => entry.view.id,
+            FeedChange::Remove(id) => *id,
+        };
+        self.entries.retain(|e| e.view.id != id);
+        if let FeedChange::Upsert(entry) = change {
+            let key = entry.sort_key();
+            let at = self.entries.partition_point(|e| e.sort_key() < key);
+            self.entries.insert(at, entry.clone());
+        }
+        self.entries
+            .retain(|e| e.view.visible_until.is_none_or(|until| until > now));
+    }
+
+    /// The earliest instant after `now` at which the visible set changes (an
+    /// entry's `visible_from` or `visible_until` passing), if any.
+    pub fn next_change_after(&self, now: Timestamp) -> Option<Timestamp> {
+        self.entries
+            .iter()
+            .flat_map(|e| [Some(e.shown_from), e.view.visible_until])
+            .flatten()
+            .filter(|t| *t > now)
+            .min()
+    }
+
+    /// The entries visible at `now` that come after `cursor` (all when `None`).
+    pub fn visible_after(
+        &self,
+        now: Timestamp,
+        cursor: Option<SortKey>,
+    ) -> impl Iterator<Item = &FeedEntry> + '_ {
+        let start = cursor.map_or(0, |key| {
+            self.entries.partition_point(|e| e.sort_key() <= key)
+        });
+        self.entries[start..]
+            .iter()
+            .filter(move |e| e.is_visible_at(now))
+    }
+}
+
+/// What applying one event means for the read model.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// This version was already applied: nothing to do (a redelivery).
+    Duplicate,
+    /// An earlier version of the stream has not been applied yet: wait for it.
+    Gap { expected: u64 },
+    /// The event is the next one: store the new record, then change the boards.
+    Apply {
+        record: PublicationState,
+        changes: Vec<(InseeCode, FeedChange)>,
+    },
+}
+
+/// Decides what event `version` of a publication stream does, given the record
+/// stored so far (`None` before the first event).
+pub fn step(record: Option<&PublicationState>, version: u64, event: &PublicationEvent) -> Step {
+    let current = record.map_or(0, |r| r.version);
+    if version <= current {
+        return Step::Duplicate;
+    }
+    if version > current + 1 {
+        return Step::Gap {
+            expected: current + 1,
+        };
+    }
+    let before = record.map_or(Publication::Absent, |r| {
+        Publication::Present(Box::new(r.clone()))
+    });
+    let Publication::Present(after) = evolve(before, event) else {
+        // An event other than a creation arrived first: the stream is corrupt,
+        // which `decide` prevents; treat it as the missing creation.
+        return Step::Gap { expected: 1 };
+    };
+    let old: BTreeSet<InseeCode> =
+        record.map_or_else(BTreeSet::new, |r| r.content.communes.as_set().clone());
+    let entry = FeedEntry::of(&after);
+    let mut changes = Vec::new();
+    for commune in after.content.communes.iter() {
+        let change = match &entry {
+            Some(entry) => FeedChange::Upsert(entry.clone()),
+            None => FeedChange::Remove(after.id),
+        };
+        changes.push((*commune, change));
+    }
+    for commune in old.difference(after.content.communes.as_set()) {
+        changes.push((*commune, FeedChange::Remove(after.id)));
+    }
+    Step::Apply {
+        record: *after,
+        changes,
+    }
+}
+
+/// The whole feed read model in memory: for tests, `replay --verify`, and as the
+/// reference the stored projection is compared with.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct FeedProjection {
+    records: HashMap<PublicationId, PublicationState>,
+    feeds: HashMap<InseeCode, FeedDocument>,
+}
+
+impl FeedProjection {
+    /// Folds one event in; duplicates are ignored.
+    ///
+    /// # Errors
+    /// `Gap` when an earlier version of the stream is missing; nothing changes.
+    pub fn apply(&mut self, envelope: &Envelope<PublicationEvent>) -> Result<(), Gap> {
+        let id = envelope.payload.publication_id();
+        match step(
+            self.records.get(&id),
+            envelope.stream_version,
+            &envelope.payload,
+        ) {
+            Step::Duplicate => Ok(()),
+            Step::Gap { expected } => Err(Gap { expected }),
+            Step::Apply { record, changes } => {
+                for (commune, change) in &changes {
+                    self.feeds
+                        .entry(*commune)
+                        .or_default()
+                        .apply(change, envelope.occurred_at);
+                }
+                self.records.insert(id, record);
+                Ok(())
+            }
+        }
+    }
+
+    pub fn feed(&self, commune: &InseeCode) -> Option<&FeedDocument> {
+        self.feeds.get(commune)
+    }
+
+    pub fn feeds(&self) -> impl Iterator<Item = (&InseeCode, &FeedDocument)> + '_ {
+        self.feeds.iter()
+    }
+
+    pub fn record(&self, id: &PublicationId) -> Option<&PublicationState> {
+        self.records.get(id)
+    }
+
+    pub fn records(&self) -> impl Iterator<Item = &PublicationState> + '_ {
+        self.records.values()
+    }
+}
+
+/// An event arrived before an earlier version of its stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("waiting for version {expected} of the stream")]
+pub struct Gap {
+    pub expected: u64,
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,464 @@
+//! The feed fold: ordering, visibility, multi-commune publications, amendments,
+//! retractions, and the property that only the set of events matters.
+
+use panneau_domain::{
+    Actor, Amendment, Attachments, Body, Category, CommuneSet, Content, Envelope, EventId,
+    PublicationAmended, PublicationPublished, PublicationRetracted, PublicationScheduled,
+    PublicationWentLive, PublisherId, StreamId, Title, TokenId, VisibilityWindow,
+};
+use proptest::prelude::*;
+use uuid::Uuid;
+
+use super::*;
+
+const T0: i64 = 1_790_000_000_000_000;
+
+fn at(seconds: i64) -> Timestamp {
+    Timestamp::from_unix_micros(T0 + seconds * 1_000_000)
+}
+
+fn code(c: &str) -> InseeCode {
+    InseeCode::parse(c).unwrap()
+}
+
+fn pid(n: u16) -> PublicationId {
+    PublicationId::parse(&format!("01936f5e-{n:04x}-7c3b-9a6e-3f1d2c4b5a69")).unwrap()
+}
+
+fn content(communes: &[&str], priority: Priority) -> Content {
+    Content {
+        communes: CommuneSet::new(communes.iter().map(|c| code(c)).collect()).unwrap(),
+        title: Title::parse("Marché de Noël").unwrap(),
+        body: Body::parse("Place de la mairie, samedi de 10 h à 18 h.").unwrap(),
+        category: Category::Event,
+        priority,
+        window: VisibilityWindow::default(),
+        attachments: Attachments::default(),
+    }
+}
+
+fn envelope(
+    id: PublicationId,
+    version: u64,
+    when: i64,
+    payload: PublicationEvent,
+) -> Envelope<PublicationEvent> {
+    Envelope {
+        event_id: EventId::new(Uuid::now_v7()),
+        stream_id: StreamId::publication(id),
+        stream_version: version,
+        event_type: payload.event_type(),
+        schema_version: payload.schema_version(),
+        occurred_at: at(when),
+        recorded_at: at(when),
+        actor: Actor::System {
+            component: "test".into(),
+        },
+        request_id: None,
+        payload,
+    }
+}
+
+fn publish(n: u16, when: i64, communes: &[&str], priority: Priority) -> Envelope<PublicationEvent> {
+    publish_content(n, when, content(communes, priority))
+}
+
+fn publish_content(n: u16, when: i64, content: Content) -> Envelope<PublicationEvent> {
+    envelope(
+        pid(n),
+        1,
+        when,
+        PublicationEvent::Published(PublicationPublished {
+            id: pid(n),
+            publisher: PublisherId::new(Uuid::from_u128(1)),
+            author: TokenId::new(Uuid::from_u128(2)),
+            content,
+            notify: true,
+            published_at: at(when),
+        }),
+    )
+}
+
+fn amend(n: u16, version: u64, when: i64, changes: Amendment) -> Envelope<PublicationEvent> {
+    envelope(
+        pid(n),
+        version,
+        when,
+        PublicationEvent::Amended(PublicationAmended {
+            id: pid(n),
+            changes,
+            at: at(when),
+        }),
+    )
+}
+
+fn retract(n: u16, version: u64, when: i64) -> Envelope<PublicationEvent> {
+    envelope(
+        pid(n),
+        version,
+        when,
+        PublicationEvent::Retracted(PublicationRetracted {
+            id: pid(n),
+            at: at(when),
+        }),
+    )
+}
+
+fn fold(events: &[Envelope<PublicationEvent>]) -> FeedProjection {
+    let mut projection = FeedProjection::default();
+    for e in events {
+        projection.apply(e).unwrap();
+    }
+    projection
+}
+
+fn visible(projection: &FeedProjection, commune: &str, now: i64) -> Vec<PublicationId> {
+    projection
+        .feed(&code(commune))
+        .map(|doc| {
+            doc.visible_after(at(now), None)
+                .map(|e| e.view.id)
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn urgent_alerts_come_first_then_newest_first() {
+    let p = fold(&[
+        publish(1, 0, &["35238"], Priority::Normal),
+        publish(2, 10, &["35238"], Priority::Urgent),
+        publish(3, 20, &["35238"], Priority::Normal),
+        publish(4, 5, &["35238"], Priority::Urgent),
+    ]);
+    assert_eq!(visible(&p, "35238", 30), [pid(2), pid(4), pid(3), pid(1)]);
+}
+
+#[test]
+fn a_multi_commune_publication_is_on_every_board_it_targets() {
+    let p = fold(&[publish(1, 0, &["35238", "35047"], Priority::Normal)]);
+    assert_eq!(visible(&p, "35238", 1), [pid(1)]);
+    assert_eq!(visible(&p, "35047", 1), [pid(1)]);
+    assert!(visible(&p, "29019", 1).is_empty());
+}
+
+#[test]
+fn the_visibility_window_is_respected() {
+    let mut c = content(&["35238"], Priority::Normal);
+    c.window = VisibilityWindow::new(Some(at(100)), Some(at(200))).unwrap();
+    let p = fold(&[publish_content(1, 0, c)]);
+    let doc = p.feed(&code("35238")).unwrap();
+    assert!(visible(&p, "35238", 99).is_empty());
+    assert_eq!(visible(&p, "35238", 100), [pid(1)]);
+    assert!(visible(&p, "35238", 200).is_empty());
+    assert_eq!(doc.next_change_after(at(0)), Some(at(100)));
+    assert_eq!(doc.next_change_after(at(100)), Some(at(200)));
+    assert_eq!(doc.next_change_after(at(200)), None);
+}
+
+#[test]
+fn a_scheduled_publication_shows_from_its_publish_at() {
+    let id = pid(1);
+    let p = fold(&[envelope(
+        id,
+        1,
+        0,
+        PublicationEvent::Scheduled(PublicationScheduled {
+            id,
+            publisher: PublisherId::new(Uuid::from_u128(1)),
+            author: TokenId::new(Uuid::from_u128(2)),
+            content: content(&["35238"], Priority::Normal),
+            notify: true,
+            publish_at: at(60),
+            scheduled_at: at(0),
+        }),
+    )]);
+    assert!(visible(&p, "35238", 59).is_empty());
+    assert_eq!(visible(&p, "35238", 60), [id]);
+    let p2 = {
+        let mut p2 = p.clone();
+        p2.apply(&envelope(
+            id,
+            2,
+            61,
+            PublicationEvent::WentLive(PublicationWentLive { id, at: at(61) }),
+        ))
+        .unwrap();
+        p2
+    };
+    let entry = &p2.feed(&code("35238")).unwrap().entries()[0];
+    assert_eq!(entry.view.published_at, at(60));
+    assert_eq!(entry.view.version, 2);
+}
+
+#[test]
+fn an_amendment_moves_a_publication_between_boards() {
+    let p = fold(&[
+        publish(1, 0, &["35238", "35047"], Priority::Normal),
+        amend(
+            1,
+            2,
+            5,
+            Amendment {
+                communes: Some(CommuneSet::new(vec![code("35047"), code("35281")]).unwrap()),
+                priority: Some(Priority::Urgent),
+                ..Amendment::default()
+            },
+        ),
+    ]);
+    assert!(visible(&p, "35238", 6).is_empty());
+    assert_eq!(visible(&p, "35047", 6), [pid(1)]);
+    assert_eq!(visible(&p, "35281", 6), [pid(1)]);
+    let entry = &p.feed(&code("35281")).unwrap().entries()[0];
+    assert_eq!(entry.view.priority, Priority::Urgent);
+    assert_eq!(entry.view.version, 2);
+    assert_eq!(entry.view.updated_at, at(5));
+}
+
+#[test]
+fn a_retracted_publication_leaves_every_board() {
+    let p = fold(&[
+        publish(1, 0, &["35238", "35047"], Priority::Normal),
+        publish(2, 1, &["35238"], Priority::Normal),
+        retract(1, 2, 5),
+    ]);
+    assert_eq!(visible(&p, "35238", 6), [pid(2)]);
+    assert!(visible(&p, "35047", 6).is_empty());
+}
+
+#[test]
+fn redelivered_events_change_nothing_and_gaps_are_refused() {
+    let first = publish(1, 0, &["35238"], Priority::Normal);
+    let second = amend(
+        1,
+        2,
+        5,
+        Amendment {
+            title: Some(Title::parse("Marché annulé").unwrap()),
+            ..Amendment::default()
+        },
+    );
+    let third = retract(1, 3, 6);
+    let mut p = FeedProjection::default();
+    assert_eq!(p.apply(&second), Err(Gap { expected: 1 }));
+    p.apply(&first).unwrap();
+    assert_eq!(p.apply(&third), Err(Gap { expected: 2 }));
+    p.apply(&second).unwrap();
+    let snapshot = p.clone();
+    p.apply(&first).unwrap();
+    p.apply(&second).unwrap();
+    assert_eq!(p, snapshot);
+}
+
+#[test]
+fn closed_entries_are_pruned_by_event_time() {
+    let mut c = content(&["35238"], Priority::Normal);
+    c.window = VisibilityWindow::new(None, Some(at(50))).unwrap();
+    let p = fold(&[
+        publish_content(1, 0, c),
+        publish(2, 100, &["35238"], Priority::Normal),
+    ]);
+    let ids: Vec<_> = p
+        .feed(&code("35238"))
+        .unwrap()
+        .entries()
+        .iter()
+        .map(|e| e.view.id)
+        .collect();
+    assert_eq!(ids, [pid(2)]);
+}
+
+#[test]
+fn cursors_round_trip_and_page_in_feed_order() {
+    let events: Vec<_> = (1..=5)
+        .map(|n| publish(n, i64::from(n), &["35238"], Priority::Normal))
+        .collect();
+    let p = fold(&events);
+    let doc = p.feed(&code("35238")).unwrap();
+    let first: Vec<_> = doc.visible_after(at(10), None).take(2).collect();
+    let cursor = first[1].sort_key().to_cursor();
+    let key = SortKey::from_cursor(&cursor).unwrap();
+    assert_eq!(key, first[1].sort_key());
+    let rest: Vec<_> = doc
+        .visible_after(at(10), Some(key))
+        .map(|e| e.view.id)
+        .collect();
+    assert_eq!(rest, [pid(3), pid(2), pid(1)]);
+    for bad in [
+        "",
+        "x",
+        "n.1.2",
+        "u.abc.01936f5e-0001-7c3b-9a6e-3f1d2c4b5a69",
+        "n.-5.01936f5e-0001-7c3b-9a6e-3f1d2c4b5a69",
+    ] {
+        assert_eq!(SortKey::from_cursor(bad), None, "{bad}");
+    }
+}
+
+// --- property: only the set of events matters -----------------------------------
+
+const COMMUNES: [&str; 4] = ["35238", "35047", "35281", "29019"];
+
+/// A random history of one publication stream: publish, then amendments, maybe a retraction.
+fn stream(n: u16) -> impl Strategy<Value = Vec<Envelope<PublicationEvent>>> {
+    (
+        proptest::sample::subsequence(COMMUNES.to_vec(), 1..=4),
+        any::<bool>(),
+        proptest::collection::vec(
+            (
+                proptest::option::of(proptest::sample::subsequence(COMMUNES.to_vec(), 1..=4)),
+                proptest::option::of(any::<bool>()),
+                proptest::option::of(proptest::option::of(200i64..400)),
+            ),
+            0..4,
+        ),
+        any::<bool>(),
+        0i64..100,
+    )
+        .prop_map(move |(communes, urgent, amendments, retracted, start)| {
+            let priority = if urgent {
+                Priority::Urgent
+            } else {
+                Priority::Normal
+            };
+            let mut events = vec![publish(n, start, &communes, priority)];
+            for (i, (communes, urgent, until)) in amendments.into_iter().enumerate() {
+                let version = i as u64 + 2;
+                events.push(amend(
+                    n,
+                    version,
+                    start + version as i64,
+                    Amendment {
+                        communes: communes
+                            .map(|c| CommuneSet::new(c.iter().map(|c| code(c)).collect()).unwrap()),
+                        priority: urgent.map(|u| {
+                            if u {
+                                Priority::Urgent
+                            } else {
+                                Priority::Normal
+                            }
+                        }),
+                        visible_until: until.map(|u| u.map(at)),
+                        ..Amendment::default()
+                    },
+                ));
+            }
+            if retracted {
+                let version = events.len() as u64 + 1;
+                events.push(retract(n, version, start + 10));
+            }
+            events
+        })
+}
+
+/// Several streams, merged in a random interleaving (each stream's own order kept),
+/// with random redeliveries of already-delivered events.
+fn histories() -> impl Strategy<
+    Value = (
+        Vec<Vec<Envelope<PublicationEvent>>>,
+        Vec<usize>,
+        Vec<(usize, usize)>,
+    ),
+> {
+    proptest::collection::vec(any::<u16>(), 1..5)
+        .prop_flat_map(|ids| {
+            let streams: Vec<_> = ids
+                .iter()
+                .enumerate()
+                .map(|(i, _)| stream(i as u16 + 1))
+                .collect();
+            streams
+        })
+        .prop_flat_map(|streams| {
+            let total: usize = streams.iter().map(Vec::len).sum();
+            let n = streams.len();
+            (
+                Just(streams),
+                proptest::collection::vec(0..n, total..=total),
+                proptest::collection::vec((0..total.max(1), 0..total.max(1)), 0..6),
+            )
+        })
+}
+
+fn interleave(
+    streams: &[Vec<Envelope<PublicationEvent>>],
+    picks: &[usize],
+    duplicates: &[(usize, usize)],
+) -> Vec<Envelope<PublicationEvent>> {
+    let mut cursors = vec![0; streams.len()];
+    let mut out: Vec<Envelope<PublicationEvent>> = Vec::new();
+    for &pick in picks {
+        // Take from the picked stream, or the next one that still has events.
+        let s = (0..streams.len())
+            .map(|k| (pick + k) % streams.len())
+            .find(|&s| cursors[s] < streams[s].len())
+            .expect("picks match the number of events");
+        out.push(streams[s][cursors[s]].clone());
+        cursors[s] += 1;
+    }
+    // Redeliver some already-delivered event later on.
+    for &(from, to) in duplicates {
+        if from < out.len() && to < out.len() {
+            let (src, dst) = (from.min(to), from.max(to));
+            let copy = out[src].clone();
+            out.insert(dst + 1, copy);
+        }
+    }
+    out
+}
+
+fn rendered(p: &FeedProjection, now: Timestamp) -> Vec<(String, Vec<PublicationView>)> {
+    let mut feeds: Vec<_> = COMMUNES
+        .iter()
+        .map(|c| {
+            let views = p
+                .feed(&code(c))
+                .map(|d| d.visible_after(now, None).map(|e| e.view.clone()).collect())
+                .unwrap_or_default();
+            (c.to_string(), views)
+        })
+        .collect();
+    feeds.sort_by(|a, b| a.0.cmp(&b.0));
+    feeds
+}
+
+proptest! {
+    #[test]
+    fn the_feed_depends_only_on_the_set_of_events(
+        (streams, picks, duplicates) in histories(),
+        (picks2, duplicates2) in (proptest::collection::vec(0usize..5, 0..40), proptest::collection::vec((0usize..40, 0usize..40), 0..6)),
+    ) {
+        let total: usize = streams.iter().map(Vec::len).sum();
+        let mut picks2 = picks2;
+        picks2.resize(total, 0);
+        let one = interleave(&streams, &picks, &duplicates);
+        let other = interleave(&streams, &picks2, &duplicates2);
+        let a = fold(&one);
+        let b = fold(&other);
+        // Reading after every event happened: identical boards.
+        let now = at(1_000);
+        prop_assert_eq!(rendered(&a, now), rendered(&b, now));
+        prop_assert_eq!(
+            a.records().map(|r| (r.id, r.version)).collect::<std::collections::BTreeMap<_, _>>(),
+            b.records().map(|r| (r.id, r.version)).collect::<std::collections::BTreeMap<_, _>>()
+        );
+    }
+
+    #[test]
+    fn a_board_never_shows_a_publication_twice_nor_a_retracted_one(
+        (streams, picks, duplicates) in histories(),
+    ) {
+        let p = fold(&interleave(&streams, &picks, &duplicates));
+        for (_, views) in rendered(&p, at(1_000)) {
+            let mut ids: Vec<_> = views.iter().map(|v| v.id).collect();
+            ids.sort();
+            ids.dedup();
+            prop_assert_eq!(ids.len(), views.len());
+            for v in &views {
+                let record = p.record(&v.id).unwrap();
+                let live = !matches!(record.status, Status::Retracted { .. });
+                prop_assert!(live);
+            }
+        }
+    }
+}
