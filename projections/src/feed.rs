@@ -44,10 +44,10 @@ pub struct PublicationView {
 
 /// Documentation shape of an attachment (the domain type serialises the same way).
 #[cfg(feature = "openapi")]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct AttachmentView {
-    #[schema(format = Uri, pattern = "^https://")]
+    #[schema(pattern = "^https://", example = "https://mairie.example.fr/arrete.pdf")]
     url: String,
     #[schema(min_length = 1, max_length = 200)]
     name: String,

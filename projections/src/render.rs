@@ -18,7 +18,7 @@ struct FeedPage<'a> {
 
 /// Documentation shape of a feed page (what [`render_page`] writes).
 #[cfg(feature = "openapi")]
-#[derive(utoipa::ToSchema)]
+#[derive(Debug, utoipa::ToSchema)]
 #[schema(as = Feed)]
 #[allow(dead_code)]
 pub struct FeedPageView {

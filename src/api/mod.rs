@@ -1,0 +1,139 @@
+//! The HTTP edge: the public and publisher API on one listener, the ops API on
+//! another. Handlers parse input into domain types, call the command handler or
+//! the feed cache, and map outcomes to the contract of `../shared/API.md`.
+//!
+//! Never depends on `push`: a request never sends a notification.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::http::{HeaderName, HeaderValue};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use panneau_domain::RequestId;
+use panneau_projections::Communes;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::commands::CommandHandler;
+use crate::readmodel::cache::FeedCache;
+use crate::store::{EventStore, StateStore};
+
+pub mod error;
+pub mod extract;
+pub mod ops;
+pub mod openapi;
+pub mod public;
+pub mod publisher;
+pub mod views;
+
+use error::{ApiError, ErrorCause, error_chain};
+
+pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// HTTP caching settings of the public read path.
+#[derive(Debug, Clone)]
+pub struct CachePolicy {
+    /// `max-age` of feed responses, in seconds (lowered when a feed changes by time sooner).
+    pub max_age: u64,
+    pub stale_while_revalidate: u64,
+    pub stale_if_error: u64,
+}
+
+/// Everything handlers share.
+#[derive(Clone)]
+pub struct AppState {
+    pub cache: Arc<FeedCache>,
+    pub communes: Arc<Communes>,
+    pub commands: CommandHandler,
+    pub log: Arc<dyn EventStore>,
+    pub state: Arc<dyn StateStore>,
+    pub views: Arc<views::ViewCounter>,
+    pub cache_policy: CachePolicy,
+    /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
+    pub trust_forwarded_for: bool,
+}
+
+impl std::fmt::Debug for AppState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppState").finish_non_exhaustive()
+    }
+}
+
+impl AppState {
+    /// The client's address, for rate limits.
+    pub fn client_ip(&self, request: &axum::http::request::Parts) -> Option<IpAddr> {
+        if self.trust_forwarded_for
+            && let Some(ip) = request
+                .headers
+                .get("x-forwarded-for")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').next())
+                .and_then(|v| v.trim().parse().ok())
+        {
+            return Some(ip);
+        }
+        request
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(addr)| addr.ip())
+    }
+}
+
+/// The public and publisher API.
+pub fn router(state: AppState) -> Router {
+    Router::new()
+        .merge(public::routes())
+        .merge(publisher::routes())
+        .merge(openapi::routes())
+        .fallback(|| async { ApiError::not_found("no such resource") })
+        .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
+        .with_state(state)
+        .layer(middleware::from_fn(request_context))
+}
+
+/// Gives every request an id (the client's `X-Request-Id` when it is sensible),
+/// echoes it, and logs the request once it is answered, with the cause of any
+/// server error.
+pub async fn request_context(mut request: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = request
+        .headers()
+        .get(&X_REQUEST_ID)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| RequestId::parse(v).ok())
+        .unwrap_or_else(|| RequestId::parse(Uuid::now_v7().to_string()).expect("a UUID is a valid request id"));
+    let route = request
+        .extensions()
+        .get::<MatchedPath>()
+        .map_or("unmatched", |p| p.as_str())
+        .to_owned();
+    let method = request.method().clone();
+    request.extensions_mut().insert(request_id.clone());
+    let span = tracing::info_span!("request", request_id = %request_id, %method, route = %route);
+    let mut response = next.run(request).instrument(span.clone()).await;
+    let status = response.status();
+    let latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    let _entered = span.enter();
+    if let Some(cause) = response.extensions_mut().remove::<ErrorCause>() {
+        if status.is_server_error() {
+            tracing::error!(status = status.as_u16(), latency_ms, cause = %error_chain(cause.0.as_ref()), "request failed");
+        } else {
+            tracing::warn!(status = status.as_u16(), latency_ms, cause = %error_chain(cause.0.as_ref()), "request refused");
+        }
+    } else {
+        tracing::info!(status = status.as_u16(), latency_ms, "request");
+    }
+    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
+        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
+    }
+    response
+}
+
+/// The request id the middleware gave this request.
+pub fn request_id_of(extensions: &axum::http::Extensions) -> Option<RequestId> {
+    extensions.get::<RequestId>().cloned()
+}

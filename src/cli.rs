@@ -1,0 +1,253 @@
+//! The command line: `panneau serve` (the default), `panneau migrate`,
+//! `panneau publisher create|token|list|revoke`, `panneau check-config`.
+
+use std::collections::BTreeSet;
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use panneau_domain::{DepartmentCode, InseeCode, PublisherId, Role, Scope};
+use secrecy::ExposeSecret;
+
+use crate::api::publisher::token_hash;
+use crate::app::COMMUNES;
+use crate::config::{Config, Mode};
+use crate::store::sqlite::SqliteStore;
+use crate::store::{NewToken, StateStore};
+
+#[derive(Debug, Parser)]
+#[command(name = "panneau", version, about = "Notices and alerts for communes: API, projections, push")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Option<Commands>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Commands {
+    /// Serve the API (the default).
+    Serve,
+    /// Create or upgrade the database schema, then exit.
+    Migrate,
+    /// Manage publishers and their tokens.
+    #[command(subcommand)]
+    Publisher(PublisherCommand),
+    /// Check the configuration without starting anything.
+    CheckConfig,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PublisherCommand {
+    /// Create a publisher and its first token. The token is printed once, alone on
+    /// stdout; only its hash is stored.
+    Create {
+        /// Shown in the audit trail, e.g. "Mairie de Rennes".
+        #[arg(long)]
+        name: String,
+        #[command(flatten)]
+        grant: Grant,
+    },
+    /// Give an existing publisher another token (printed once on stdout).
+    Token {
+        /// The publisher's id (see `panneau publisher list`).
+        publisher: String,
+        #[command(flatten)]
+        grant: Grant,
+    },
+    /// List publishers and their tokens (never the tokens themselves).
+    List,
+    /// Revoke one token, or every token of a publisher, by id.
+    Revoke { id: String },
+}
+
+/// Role and scope of a token.
+#[derive(Debug, Args)]
+pub struct Grant {
+    /// A commune it may publish to (INSEE code); repeat or separate with commas.
+    #[arg(long = "commune", value_delimiter = ',', conflicts_with = "departments")]
+    communes: Vec<String>,
+    /// A whole department it may publish to (a prefecture); repeat or separate with commas.
+    #[arg(long = "department", value_delimiter = ',')]
+    departments: Vec<String>,
+    #[arg(long, value_enum, default_value_t = RoleArg::Editor)]
+    role: RoleArg,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum RoleArg {
+    Editor,
+    Admin,
+}
+
+impl Grant {
+    fn scope(&self) -> anyhow::Result<Scope> {
+        if !self.communes.is_empty() {
+            let mut set = BTreeSet::new();
+            for code in &self.communes {
+                let code = InseeCode::parse(code.trim()).with_context(|| format!("--commune {code}"))?;
+                if COMMUNES.get(&code).is_none() {
+                    bail!("--commune {code}: no current commune has this INSEE code");
+                }
+                set.insert(code);
+            }
+            return Ok(Scope::Communes(set));
+        }
+        if !self.departments.is_empty() {
+            let set = self
+                .departments
+                .iter()
+                .map(|d| DepartmentCode::parse(d.trim()).with_context(|| format!("--department {d}")))
+                .collect::<anyhow::Result<_>>()?;
+            return Ok(Scope::Departments(set));
+        }
+        bail!("give the scope: --commune CODE (repeatable) or --department CODE (repeatable)")
+    }
+
+    fn role(&self) -> Role {
+        match self.role {
+            RoleArg::Editor => Role::Editor,
+            RoleArg::Admin => Role::Admin,
+        }
+    }
+}
+
+/// A new bearer token: `pnn_` and 256 random bits, base64url.
+fn new_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
+    Ok(format!("pnn_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+}
+
+async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
+    match config.mode() {
+        Mode::Embedded { sqlite_url } => {
+            let store = SqliteStore::connect(&sqlite_url)
+                .await
+                .with_context(|| format!("cannot open {sqlite_url}"))?;
+            store.migrate().await.context("cannot migrate the database")?;
+            Ok(store)
+        }
+        Mode::Cluster => bail!("cluster mode is not available in this build yet"),
+    }
+}
+
+/// Runs `panneau migrate`.
+///
+/// # Errors
+/// When the database cannot be opened or migrated.
+pub async fn migrate(config: &Config) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    store.close().await;
+    eprintln!("database schema is up to date");
+    Ok(())
+}
+
+/// Runs a `panneau publisher` command.
+///
+/// # Errors
+/// On invalid arguments or when the database fails.
+pub async fn publisher(config: &Config, command: PublisherCommand) -> anyhow::Result<()> {
+    let store = open_store(config).await?;
+    let now = crate::now();
+    match command {
+        PublisherCommand::Create { name, grant } => {
+            let name = name.trim();
+            if name.is_empty() || name.chars().count() > 200 {
+                bail!("--name: 1 to 200 characters");
+            }
+            let token = new_token()?;
+            let new = NewToken {
+                hash: token_hash(&token),
+                role: grant.role(),
+                scope: grant.scope()?,
+            };
+            let (publisher, token_id) = store.create_publisher(name, &new, now).await?;
+            eprintln!(
+                "publisher {publisher} \"{name}\" created; token {token_id} ({}, {}).\n\
+                 The token below is shown once: store it now.",
+                new.role.as_str(),
+                describe(&new.scope)
+            );
+            println!("{token}");
+        }
+        PublisherCommand::Token { publisher, grant } => {
+            let publisher = PublisherId::parse(&publisher).context("expected a publisher id")?;
+            let token = new_token()?;
+            let new = NewToken {
+                hash: token_hash(&token),
+                role: grant.role(),
+                scope: grant.scope()?,
+            };
+            let Some(token_id) = store.add_token(publisher, &new, now).await? else {
+                bail!("no publisher {publisher}");
+            };
+            eprintln!("token {token_id} ({}, {}) added; shown once:", new.role.as_str(), describe(&new.scope));
+            println!("{token}");
+        }
+        PublisherCommand::List => {
+            for publisher in store.list_publishers().await? {
+                println!("{}\t{}\tcreated {}", publisher.id, publisher.name, publisher.created_at);
+                for token in publisher.tokens {
+                    let status = token
+                        .revoked_at
+                        .map_or_else(|| "active".to_owned(), |at| format!("revoked {at}"));
+                    println!(
+                        "  token {}\t{}\t{}\t{status}",
+                        token.id,
+                        token.role.as_str(),
+                        describe(&token.scope)
+                    );
+                }
+            }
+        }
+        PublisherCommand::Revoke { id } => {
+            let uuid = uuid::Uuid::try_parse(&id).context("expected a publisher or token id")?;
+            let revoked = store.revoke(uuid, now).await?;
+            if revoked == 0 {
+                bail!("no active token with id {id}, nor a publisher with active tokens");
+            }
+            eprintln!("{revoked} token(s) revoked");
+        }
+    }
+    store.close().await;
+    Ok(())
+}
+
+fn describe(scope: &Scope) -> String {
+    match scope {
+        Scope::Communes(c) => format!(
+            "communes {}",
+            c.iter().map(InseeCode::as_str).collect::<Vec<_>>().join(",")
+        ),
+        Scope::Departments(d) => format!(
+            "departments {}",
+            d.iter().map(DepartmentCode::as_str).collect::<Vec<_>>().join(",")
+        ),
+    }
+}
+
+/// Runs `panneau check-config`: prints the effective settings (secrets redacted).
+///
+/// # Errors
+/// Never: a configuration that does not load is reported by `main`.
+pub fn check_config(config: &Config) -> anyhow::Result<()> {
+    let mode = match config.mode() {
+        Mode::Embedded { sqlite_url } => format!("embedded ({sqlite_url})"),
+        Mode::Cluster => "cluster".to_owned(),
+    };
+    println!("configuration is valid");
+    println!("mode: {mode}");
+    println!("http_addr: {}", config.http_addr);
+    println!("ops_addr: {}", config.ops_addr);
+    println!(
+        "database_url: {}",
+        if config.database_url.as_ref().is_some_and(|u| u.expose_secret().contains('@')) {
+            "(set, credentials redacted)"
+        } else if config.database_url.is_some() {
+            "(set)"
+        } else {
+            "(default)"
+        }
+    );
+    println!("nats_url: {}", config.nats_url.as_deref().unwrap_or("(none)"));
+    Ok(())
+}

@@ -1,0 +1,164 @@
+//! Typed configuration, read once at start from an optional TOML file
+//! (`PANNEAU_CONFIG`) and `PANNEAU_*` environment variables (which win), and
+//! validated before anything starts. See `panneau.example.toml`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+
+/// How logs are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// JSON when stdout is not a terminal, text otherwise.
+    #[default]
+    Auto,
+    Json,
+    Text,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+pub struct Config {
+    /// Public and publisher API.
+    pub http_addr: SocketAddr,
+    /// Ops API (`/healthz`, `/readyz`, `/metrics`): keep it on a private network.
+    pub ops_addr: SocketAddr,
+    /// `sqlite://path` (embedded mode, the default) or `mysql://…` (cluster mode).
+    /// May hold a password: never printed.
+    pub database_url: Option<SecretString>,
+    /// `nats://…`: cluster mode's broker.
+    pub nats_url: Option<String>,
+    pub log_format: LogFormat,
+    /// `tracing` filter, e.g. `info` or `panneau=debug,info`; `RUST_LOG` wins.
+    pub log_level: String,
+    /// Feed responses' `max-age`, seconds (lowered when a feed changes by time sooner).
+    pub feed_max_age: u64,
+    pub feed_stale_while_revalidate: u64,
+    pub feed_stale_if_error: u64,
+    /// Memory for rendered feeds, bytes.
+    pub feed_cache_bytes: u64,
+    /// Take client addresses from `X-Forwarded-For` (only behind a trusted proxy).
+    pub trust_forwarded_for: bool,
+    /// How long in-flight requests and tasks get to finish on SIGTERM.
+    pub shutdown_timeout_seconds: u64,
+    /// `development`, `staging`, `production`: reported with errors.
+    pub environment: String,
+}
+
+#[derive(Serialize)]
+struct Defaults {
+    http_addr: &'static str,
+    ops_addr: &'static str,
+    log_format: LogFormat,
+    log_level: &'static str,
+    feed_max_age: u64,
+    feed_stale_while_revalidate: u64,
+    feed_stale_if_error: u64,
+    feed_cache_bytes: u64,
+    trust_forwarded_for: bool,
+    shutdown_timeout_seconds: u64,
+    environment: &'static str,
+}
+
+const DEFAULTS: Defaults = Defaults {
+    http_addr: "127.0.0.1:8080",
+    ops_addr: "127.0.0.1:9090",
+    log_format: LogFormat::Auto,
+    log_level: "info",
+    feed_max_age: 30,
+    feed_stale_while_revalidate: 60,
+    feed_stale_if_error: 86_400,
+    feed_cache_bytes: 512 * 1024 * 1024,
+    trust_forwarded_for: false,
+    shutdown_timeout_seconds: 20,
+    environment: "development",
+};
+
+/// The embedded database used when no `database_url` is set.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://panneau.db";
+
+/// Where the data lives, decided from `database_url`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Mode {
+    Embedded { sqlite_url: String },
+    Cluster,
+}
+
+/// A setting that is missing or wrong, named as the operator writes it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{0}")]
+    Read(Box<figment::Error>),
+    #[error("{setting}: {problem}")]
+    Invalid { setting: &'static str, problem: String },
+}
+
+impl Config {
+    /// Reads the file named by `PANNEAU_CONFIG` (if any), then `PANNEAU_*` variables.
+    ///
+    /// # Errors
+    /// `ConfigError` naming the setting at fault.
+    pub fn load() -> Result<Self, ConfigError> {
+        let mut figment = Figment::from(Serialized::defaults(DEFAULTS));
+        if let Some(path) = std::env::var_os("PANNEAU_CONFIG") {
+            figment = figment.merge(Toml::file_exact(PathBuf::from(path)));
+        }
+        figment = figment.merge(Env::prefixed("PANNEAU_").ignore(&["config"]));
+        let config: Config = figment.extract().map_err(|e| ConfigError::Read(Box::new(e)))?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// # Errors
+    /// `Invalid` for values that parse but cannot work.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |setting, problem: &str| ConfigError::Invalid {
+            setting,
+            problem: problem.to_owned(),
+        };
+        if self.http_addr == self.ops_addr && self.http_addr.port() != 0 {
+            return Err(invalid("PANNEAU_OPS_ADDR", "must differ from PANNEAU_HTTP_ADDR"));
+        }
+        if self.feed_cache_bytes < 1024 * 1024 {
+            return Err(invalid("PANNEAU_FEED_CACHE_BYTES", "at least 1048576 (1 MiB)"));
+        }
+        if let Some(url) = &self.database_url {
+            let url = url.expose_secret();
+            if !(url.starts_with("sqlite:") || url.starts_with("mysql://") || url.starts_with("mariadb://")) {
+                return Err(invalid("PANNEAU_DATABASE_URL", "expected sqlite://PATH or mysql://USER@HOST/DB"));
+            }
+            if url.starts_with("sqlite:") && self.nats_url.is_some() {
+                return Err(invalid("PANNEAU_NATS_URL", "cluster mode needs a MariaDB PANNEAU_DATABASE_URL"));
+            }
+        }
+        if let Some(nats) = &self.nats_url
+            && !(nats.starts_with("nats://") || nats.starts_with("tls://"))
+        {
+            return Err(invalid("PANNEAU_NATS_URL", "expected nats://HOST:PORT"));
+        }
+        Ok(())
+    }
+
+    pub fn mode(&self) -> Mode {
+        match &self.database_url {
+            Some(url) if !url.expose_secret().starts_with("sqlite:") => Mode::Cluster,
+            Some(url) => Mode::Embedded {
+                sqlite_url: url.expose_secret().to_owned(),
+            },
+            None => Mode::Embedded {
+                sqlite_url: DEFAULT_DATABASE_URL.to_owned(),
+            },
+        }
+    }
+
+    /// Defaults only (for tests and tools).
+    pub fn defaults() -> Self {
+        Figment::from(Serialized::defaults(DEFAULTS))
+            .extract()
+            .expect("the defaults are a valid configuration")
+    }
+}

@@ -1,0 +1,174 @@
+//! The feed projector: folds events into the feed store.
+//!
+//! [`project`] is the idempotent writer shared by both modes. It reads the
+//! publication's record, asks the pure `step` what the event does, writes every
+//! affected board with compare-and-set, then the record. A crash in between is
+//! harmless: the record still says the event was not applied, the event comes
+//! again, and re-writing the same boards changes nothing.
+//!
+//! [`run_embedded`] feeds it from the in-process bus, after rebuilding the whole
+//! read model from the SQLite log at start.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use panneau_domain::{Envelope, InseeCode, PublicationEvent, PublicationState, Timestamp};
+use panneau_projections::{FeedChange, FeedDocument, Step, step};
+use tokio::sync::broadcast;
+use tokio_util::sync::CancellationToken;
+
+use crate::codec::{decode_document, encode_document};
+use crate::readmodel::{FeedStore, ReadModelError, feed_key, publication_key};
+use crate::store::{EventStore, RecordedEvent, StoreError};
+
+/// What projecting one event did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    Applied,
+    /// Already applied (a redelivery).
+    Duplicate,
+    /// An earlier version of the stream is missing; nothing was written.
+    Gap { expected: u64 },
+}
+
+/// Applies one event to the feed read model.
+///
+/// # Errors
+/// `Unavailable` when the store cannot be written (retry later); `Corrupt`.
+pub async fn project(store: &dyn FeedStore, envelope: &Envelope<PublicationEvent>) -> Result<Outcome, ReadModelError> {
+    let key = publication_key(&envelope.payload.publication_id());
+    loop {
+        let stored = store.get(&key).await?;
+        let record: Option<PublicationState> = stored
+            .as_ref()
+            .map(|d| decode_document(&d.value))
+            .transpose()?;
+        match step(record.as_ref(), envelope.stream_version, &envelope.payload) {
+            Step::Duplicate => return Ok(Outcome::Duplicate),
+            Step::Gap { expected } => return Ok(Outcome::Gap { expected }),
+            Step::Apply { record, changes } => {
+                for (commune, change) in &changes {
+                    update_board(store, commune, change, envelope.occurred_at).await?;
+                }
+                let value = Bytes::from(encode_document(&record));
+                match store.put(&key, value, stored.map(|d| d.revision)).await {
+                    Ok(_) => return Ok(Outcome::Applied),
+                    // Another projector applied it meanwhile: look again.
+                    Err(ReadModelError::Conflict) => {}
+                    Err(other) => return Err(other),
+                }
+            }
+        }
+    }
+}
+
+async fn update_board(
+    store: &dyn FeedStore,
+    commune: &InseeCode,
+    change: &FeedChange,
+    at: Timestamp,
+) -> Result<(), ReadModelError> {
+    let key = feed_key(commune);
+    loop {
+        let stored = store.get(&key).await?;
+        let mut board: FeedDocument = match &stored {
+            Some(d) => decode_document(&d.value)?,
+            None => FeedDocument::default(),
+        };
+        let before = board.clone();
+        board.apply(change, at);
+        if stored.is_some() && board == before {
+            return Ok(());
+        }
+        let value = Bytes::from(encode_document(&board));
+        match store.put(&key, value, stored.map(|d| d.revision)).await {
+            Ok(_) => return Ok(()),
+            Err(ReadModelError::Conflict) => {}
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+/// Why the embedded projector stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    #[error("cannot read the event log")]
+    Log(#[from] StoreError),
+    #[error("cannot write the read model")]
+    ReadModel(#[from] ReadModelError),
+    #[error("event {position} of {stream} waits for version {expected}, which the log does not hold")]
+    Hole {
+        position: i64,
+        stream: String,
+        expected: u64,
+    },
+}
+
+/// Applies every event recorded after `position`; returns the last position seen.
+///
+/// # Errors
+/// `ProjectorError` when the log or the read model fails.
+pub async fn catch_up(
+    log: &dyn EventStore,
+    feeds: &dyn FeedStore,
+    mut position: i64,
+) -> Result<i64, ProjectorError> {
+    let mut events = log.read_after(position);
+    while let Some(event) = events.next().await {
+        let event = event?;
+        apply_recorded(feeds, &event).await?;
+        position = event.position;
+    }
+    Ok(position)
+}
+
+async fn apply_recorded(feeds: &dyn FeedStore, event: &RecordedEvent) -> Result<(), ProjectorError> {
+    match project(feeds, &event.envelope).await? {
+        Outcome::Applied | Outcome::Duplicate => Ok(()),
+        // In position order a stream cannot have a hole unless the log lost rows.
+        Outcome::Gap { expected } => Err(ProjectorError::Hole {
+            position: event.position,
+            stream: event.envelope.stream_id.to_string(),
+            expected,
+        }),
+    }
+}
+
+/// The embedded projector: applies committed events as the in-process bus
+/// delivers them, and catches up from the log whenever it missed some.
+pub async fn run_embedded(
+    log: Arc<dyn EventStore>,
+    feeds: Arc<dyn FeedStore>,
+    mut bus: broadcast::Receiver<Arc<RecordedEvent>>,
+    mut position: i64,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = bus.recv() => received,
+        };
+        let result = match received {
+            Ok(event) if event.position <= position => Ok(()),
+            Ok(event) if event.position == position + 1 => {
+                apply_recorded(feeds.as_ref(), &event).await.map(|()| position = event.position)
+            }
+            // A position was skipped (a rolled-back append) or the bus lagged:
+            // the log is the truth, read what was missed from it.
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
+                catch_up(log.as_ref(), feeds.as_ref(), position).await.map(|p| position = p)
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if let Err(error) = result {
+            tracing::error!(error = %error, position, "feed projector failed; catching up from the log");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match catch_up(log.as_ref(), feeds.as_ref(), position).await {
+                Ok(p) => position = p,
+                Err(error) => tracing::error!(error = %error, "feed projector catch-up failed"),
+            }
+        }
+    }
+}
