@@ -26,7 +26,10 @@ use crate::{projector, scheduler};
 
 /// The 34,969 current communes, built in (Etalab, MIT licence; see `data/`).
 pub static COMMUNES: LazyLock<Arc<Communes>> = LazyLock::new(|| {
-    Arc::new(Communes::from_tsv(include_str!("../data/communes.tsv")).expect("the built-in commune list parses"))
+    Arc::new(
+        Communes::from_tsv(include_str!("../data/communes.tsv"))
+            .expect("the built-in commune list parses"),
+    )
 });
 
 /// A built instance, listeners bound, background tasks running.
@@ -55,7 +58,9 @@ impl Application {
     /// When a store cannot be opened or a listener cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
         let Mode::Embedded { sqlite_url } = config.mode() else {
-            bail!("cluster mode (a MariaDB PANNEAU_DATABASE_URL) is not available in this build yet");
+            bail!(
+                "cluster mode (a MariaDB PANNEAU_DATABASE_URL) is not available in this build yet"
+            );
         };
         let communes = COMMUNES.clone();
         let health = Arc::new(Health::default());
@@ -64,38 +69,65 @@ impl Application {
         let sqlite = SqliteStore::connect(&sqlite_url)
             .await
             .with_context(|| format!("cannot open the embedded database {sqlite_url}"))?;
-        sqlite.migrate().await.context("cannot migrate the embedded database")?;
+        sqlite
+            .migrate()
+            .await
+            .context("cannot migrate the embedded database")?;
         let sqlite = sqlite.with_commit_hook(Arc::new(bus.clone()));
         let log: Arc<dyn EventStore> = Arc::new(sqlite.clone());
         let state: Arc<dyn StateStore> = Arc::new(sqlite.clone());
         let feeds = Arc::new(MemoryFeedStore::default());
-        let cache = Arc::new(FeedCache::new(feeds.clone(), communes.clone(), config.feed_cache_bytes));
+        let cache = Arc::new(FeedCache::new(
+            feeds.clone(),
+            communes.clone(),
+            config.feed_cache_bytes,
+        ));
 
         // Subscribe before reading the log so that nothing committed in between is missed.
         let committed = bus.subscribe();
         let position = projector::catch_up(log.as_ref(), feeds.as_ref(), 0)
             .await
             .context("cannot rebuild the feeds from the event log")?;
-        tracing::info!(position, documents = feeds.len(), "feeds rebuilt from the event log");
+        tracing::info!(
+            position,
+            documents = feeds.len(),
+            "feeds rebuilt from the event log"
+        );
         health.set_read_model(Dependency::Up);
 
         let mut tasks = Vec::new();
         let changes = feeds.watch();
         let follower = cache.clone();
         let token = stop_tasks.clone();
-        tasks.push(("cache follower", tokio::spawn(async move { follower.follow(changes, token).await })));
+        tasks.push((
+            "cache follower",
+            tokio::spawn(async move { follower.follow(changes, token).await }),
+        ));
         let feed_store: Arc<dyn FeedStore> = feeds.clone();
         tasks.push((
             "feed projector",
-            tokio::spawn(projector::run_embedded(log.clone(), feed_store, committed, position, stop_tasks.clone())),
+            tokio::spawn(projector::run_embedded(
+                log.clone(),
+                feed_store,
+                committed,
+                position,
+                stop_tasks.clone(),
+            )),
         ));
         let commands = CommandHandler::new(log.clone());
         tasks.push((
             "scheduler",
-            tokio::spawn(scheduler::run(log.clone(), commands.clone(), stop_tasks.clone())),
+            tokio::spawn(scheduler::run(
+                log.clone(),
+                commands.clone(),
+                stop_tasks.clone(),
+            )),
         ));
         let views = Arc::new(api::views::ViewCounter::default());
-        tasks.push(("view counter", tokio::spawn(views.clone().run(state.clone(), stop_tasks.clone()))));
+        tasks.push((
+            "view counter",
+            tokio::spawn(views.clone().run(state.clone(), stop_tasks.clone())),
+        ));
 
         let app_state = AppState {
             cache: cache.clone(),
@@ -130,11 +162,15 @@ impl Application {
     }
 
     pub fn http_addr(&self) -> SocketAddr {
-        self.http.local_addr().expect("a bound listener has an address")
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     pub fn ops_addr(&self) -> SocketAddr {
-        self.ops.local_addr().expect("a bound listener has an address")
+        self.ops
+            .local_addr()
+            .expect("a bound listener has an address")
     }
 
     /// Serves until `shutdown` resolves, then stops accepting, lets in-flight
@@ -142,16 +178,21 @@ impl Application {
     ///
     /// # Errors
     /// When a listener fails.
-    pub async fn run_until_stopped(self, shutdown: impl Future<Output = ()> + Send + 'static) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
         let stop = CancellationToken::new();
         let http_stop = stop.clone();
         let ops_stop = stop.clone();
         let http = axum::serve(
             self.http,
-            self.router.into_make_service_with_connect_info::<SocketAddr>(),
+            self.router
+                .into_make_service_with_connect_info::<SocketAddr>(),
         )
         .with_graceful_shutdown(async move { http_stop.cancelled().await });
-        let ops = axum::serve(self.ops, self.ops_router).with_graceful_shutdown(async move { ops_stop.cancelled().await });
+        let ops = axum::serve(self.ops, self.ops_router)
+            .with_graceful_shutdown(async move { ops_stop.cancelled().await });
         let http = tokio::spawn(http.into_future());
         let ops = tokio::spawn(ops.into_future());
         shutdown.await;
@@ -159,8 +200,10 @@ impl Application {
         stop.cancel();
         let drain = async {
             let (http, ops) = tokio::join!(http, ops);
-            http.context("the HTTP server panicked")?.context("the HTTP server failed")?;
-            ops.context("the ops server panicked")?.context("the ops server failed")?;
+            http.context("the HTTP server panicked")?
+                .context("the HTTP server failed")?;
+            ops.context("the ops server panicked")?
+                .context("the ops server failed")?;
             self.stop_tasks.cancel();
             for (name, task) in self.tasks {
                 match task.await {

@@ -16,7 +16,11 @@ use crate::store::sqlite::SqliteStore;
 use crate::store::{NewToken, StateStore};
 
 #[derive(Debug, Parser)]
-#[command(name = "panneau", version, about = "Notices and alerts for communes: API, projections, push")]
+#[command(
+    name = "panneau",
+    version,
+    about = "Notices and alerts for communes: API, projections, push"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Option<Commands>,
@@ -63,7 +67,11 @@ pub enum PublisherCommand {
 #[derive(Debug, Args)]
 pub struct Grant {
     /// A commune it may publish to (INSEE code); repeat or separate with commas.
-    #[arg(long = "commune", value_delimiter = ',', conflicts_with = "departments")]
+    #[arg(
+        long = "commune",
+        value_delimiter = ',',
+        conflicts_with = "departments"
+    )]
     communes: Vec<String>,
     /// A whole department it may publish to (a prefecture); repeat or separate with commas.
     #[arg(long = "department", value_delimiter = ',')]
@@ -83,7 +91,8 @@ impl Grant {
         if !self.communes.is_empty() {
             let mut set = BTreeSet::new();
             for code in &self.communes {
-                let code = InseeCode::parse(code.trim()).with_context(|| format!("--commune {code}"))?;
+                let code =
+                    InseeCode::parse(code.trim()).with_context(|| format!("--commune {code}"))?;
                 if COMMUNES.get(&code).is_none() {
                     bail!("--commune {code}: no current commune has this INSEE code");
                 }
@@ -95,7 +104,9 @@ impl Grant {
             let set = self
                 .departments
                 .iter()
-                .map(|d| DepartmentCode::parse(d.trim()).with_context(|| format!("--department {d}")))
+                .map(|d| {
+                    DepartmentCode::parse(d.trim()).with_context(|| format!("--department {d}"))
+                })
                 .collect::<anyhow::Result<_>>()?;
             return Ok(Scope::Departments(set));
         }
@@ -114,7 +125,10 @@ impl Grant {
 fn new_token() -> anyhow::Result<String> {
     let mut bytes = [0u8; 32];
     getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
-    Ok(format!("pnn_{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)))
+    Ok(format!(
+        "pnn_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    ))
 }
 
 async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
@@ -123,7 +137,10 @@ async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
             let store = SqliteStore::connect(&sqlite_url)
                 .await
                 .with_context(|| format!("cannot open {sqlite_url}"))?;
-            store.migrate().await.context("cannot migrate the database")?;
+            store
+                .migrate()
+                .await
+                .context("cannot migrate the database")?;
             Ok(store)
         }
         Mode::Cluster => bail!("cluster mode is not available in this build yet"),
@@ -180,12 +197,19 @@ pub async fn publisher(config: &Config, command: PublisherCommand) -> anyhow::Re
             let Some(token_id) = store.add_token(publisher, &new, now).await? else {
                 bail!("no publisher {publisher}");
             };
-            eprintln!("token {token_id} ({}, {}) added; shown once:", new.role.as_str(), describe(&new.scope));
+            eprintln!(
+                "token {token_id} ({}, {}) added; shown once:",
+                new.role.as_str(),
+                describe(&new.scope)
+            );
             println!("{token}");
         }
         PublisherCommand::List => {
             for publisher in store.list_publishers().await? {
-                println!("{}\t{}\tcreated {}", publisher.id, publisher.name, publisher.created_at);
+                println!(
+                    "{}\t{}\tcreated {}",
+                    publisher.id, publisher.name, publisher.created_at
+                );
                 for token in publisher.tokens {
                     let status = token
                         .revoked_at
@@ -216,11 +240,17 @@ fn describe(scope: &Scope) -> String {
     match scope {
         Scope::Communes(c) => format!(
             "communes {}",
-            c.iter().map(InseeCode::as_str).collect::<Vec<_>>().join(",")
+            c.iter()
+                .map(InseeCode::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
         ),
         Scope::Departments(d) => format!(
             "departments {}",
-            d.iter().map(DepartmentCode::as_str).collect::<Vec<_>>().join(",")
+            d.iter()
+                .map(DepartmentCode::as_str)
+                .collect::<Vec<_>>()
+                .join(",")
         ),
     }
 }
@@ -240,7 +270,11 @@ pub fn check_config(config: &Config) -> anyhow::Result<()> {
     println!("ops_addr: {}", config.ops_addr);
     println!(
         "database_url: {}",
-        if config.database_url.as_ref().is_some_and(|u| u.expose_secret().contains('@')) {
+        if config
+            .database_url
+            .as_ref()
+            .is_some_and(|u| u.expose_secret().contains('@'))
+        {
             "(set, credentials redacted)"
         } else if config.database_url.is_some() {
             "(set)"
@@ -248,6 +282,9 @@ pub fn check_config(config: &Config) -> anyhow::Result<()> {
             "(default)"
         }
     );
-    println!("nats_url: {}", config.nats_url.as_deref().unwrap_or("(none)"));
+    println!(
+        "nats_url: {}",
+        config.nats_url.as_deref().unwrap_or("(none)")
+    );
     Ok(())
 }

@@ -106,7 +106,8 @@ pub fn decode_event(bytes: &[u8]) -> Result<Envelope<PublicationEvent>, CodecErr
         return Err(CodecError::UnknownFormat(format));
     }
     let stored: StoredEnvelope = decode(rest)?;
-    let (event_type, payload) = decode_payload(&stored.event_type, stored.schema_version, &stored.payload)?;
+    let (event_type, payload) =
+        decode_payload(&stored.event_type, stored.schema_version, &stored.payload)?;
     Ok(Envelope {
         event_id: EventId::new(stored.event_id),
         stream_id: stored.stream_id,
@@ -129,11 +130,21 @@ fn decode_payload(
     bytes: &[u8],
 ) -> Result<(&'static str, PublicationEvent), CodecError> {
     let event = match (event_type, schema_version) {
-        ("PublicationPublished", 1) => PublicationEvent::Published(decode::<PublicationPublished>(bytes)?),
-        ("PublicationScheduled", 1) => PublicationEvent::Scheduled(decode::<PublicationScheduled>(bytes)?),
-        ("PublicationWentLive", 1) => PublicationEvent::WentLive(decode::<PublicationWentLive>(bytes)?),
-        ("PublicationAmended", 1) => PublicationEvent::Amended(decode::<PublicationAmended>(bytes)?),
-        ("PublicationRetracted", 1) => PublicationEvent::Retracted(decode::<PublicationRetracted>(bytes)?),
+        ("PublicationPublished", 1) => {
+            PublicationEvent::Published(decode::<PublicationPublished>(bytes)?)
+        }
+        ("PublicationScheduled", 1) => {
+            PublicationEvent::Scheduled(decode::<PublicationScheduled>(bytes)?)
+        }
+        ("PublicationWentLive", 1) => {
+            PublicationEvent::WentLive(decode::<PublicationWentLive>(bytes)?)
+        }
+        ("PublicationAmended", 1) => {
+            PublicationEvent::Amended(decode::<PublicationAmended>(bytes)?)
+        }
+        ("PublicationRetracted", 1) => {
+            PublicationEvent::Retracted(decode::<PublicationRetracted>(bytes)?)
+        }
         _ => {
             return Err(CodecError::UnknownEvent {
                 event_type: event_type.to_owned(),

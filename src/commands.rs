@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use panneau_domain::{
     Actor, Command, Envelope, EventId, Publication, PublicationError, PublicationId, PublisherId,
-    RequestId, StreamId, Timestamp, decide, evolve,
+    RequestId, Status, StreamId, Timestamp, decide, evolve,
 };
 use tracing::instrument;
 use uuid::Uuid;
@@ -69,11 +69,14 @@ impl CommandHandler {
     ///
     /// # Errors
     /// `Store` when the log cannot be read.
-    pub async fn load(&self, id: PublicationId) -> Result<(Publication, Vec<RecordedEvent>), StoreError> {
+    pub async fn load(
+        &self,
+        id: PublicationId,
+    ) -> Result<(Publication, Vec<RecordedEvent>), StoreError> {
         let events = self.log.read_stream(&StreamId::publication(id)).await?;
-        let state = events
-            .iter()
-            .fold(Publication::Absent, |state, e| evolve(state, &e.envelope.payload));
+        let state = events.iter().fold(Publication::Absent, |state, e| {
+            evolve(state, &e.envelope.payload)
+        });
         Ok((state, events))
     }
 
@@ -99,6 +102,16 @@ impl CommandHandler {
             attempt += 1;
             let (state, _) = self.load(id).await?;
             let current = state.version();
+            // An unknown or retracted publication says so, whatever version was named.
+            if if_match.is_some() {
+                match state.state().map(|s| s.status) {
+                    None => return Err(PublicationError::NotFound.into()),
+                    Some(Status::Retracted { .. }) => {
+                        return Err(PublicationError::AlreadyRetracted.into());
+                    }
+                    Some(_) => {}
+                }
+            }
             if let Some(expected) = if_match
                 && expected != current
             {
@@ -130,10 +143,16 @@ impl CommandHandler {
             };
             match self.log.append(append).await {
                 Ok(recorded) => {
-                    let version = recorded.last().map_or(current, |e| e.envelope.stream_version);
-                    return Ok(Accepted { version, events: recorded });
+                    let version = recorded
+                        .last()
+                        .map_or(current, |e| e.envelope.stream_version);
+                    return Ok(Accepted {
+                        version,
+                        events: recorded,
+                    });
                 }
-                Err(StoreError::VersionConflict) if if_match.is_none() && attempt < CONFLICT_RETRIES => {}
+                Err(StoreError::VersionConflict)
+                    if if_match.is_none() && attempt < CONFLICT_RETRIES => {}
                 Err(StoreError::VersionConflict) => {
                     let (state, _) = self.load(id).await?;
                     return Err(CommandError::VersionMismatch {

@@ -94,7 +94,10 @@ pub enum ConfigError {
     #[error("{0}")]
     Read(Box<figment::Error>),
     #[error("{setting}: {problem}")]
-    Invalid { setting: &'static str, problem: String },
+    Invalid {
+        setting: &'static str,
+        problem: String,
+    },
 }
 
 impl Config {
@@ -108,7 +111,9 @@ impl Config {
             figment = figment.merge(Toml::file_exact(PathBuf::from(path)));
         }
         figment = figment.merge(Env::prefixed("PANNEAU_").ignore(&["config"]));
-        let config: Config = figment.extract().map_err(|e| ConfigError::Read(Box::new(e)))?;
+        let config: Config = figment
+            .extract()
+            .map_err(|e| ConfigError::Read(Box::new(e)))?;
         config.validate()?;
         Ok(config)
     }
@@ -121,18 +126,33 @@ impl Config {
             problem: problem.to_owned(),
         };
         if self.http_addr == self.ops_addr && self.http_addr.port() != 0 {
-            return Err(invalid("PANNEAU_OPS_ADDR", "must differ from PANNEAU_HTTP_ADDR"));
+            return Err(invalid(
+                "PANNEAU_OPS_ADDR",
+                "must differ from PANNEAU_HTTP_ADDR",
+            ));
         }
         if self.feed_cache_bytes < 1024 * 1024 {
-            return Err(invalid("PANNEAU_FEED_CACHE_BYTES", "at least 1048576 (1 MiB)"));
+            return Err(invalid(
+                "PANNEAU_FEED_CACHE_BYTES",
+                "at least 1048576 (1 MiB)",
+            ));
         }
         if let Some(url) = &self.database_url {
             let url = url.expose_secret();
-            if !(url.starts_with("sqlite:") || url.starts_with("mysql://") || url.starts_with("mariadb://")) {
-                return Err(invalid("PANNEAU_DATABASE_URL", "expected sqlite://PATH or mysql://USER@HOST/DB"));
+            if !(url.starts_with("sqlite:")
+                || url.starts_with("mysql://")
+                || url.starts_with("mariadb://"))
+            {
+                return Err(invalid(
+                    "PANNEAU_DATABASE_URL",
+                    "expected sqlite://PATH or mysql://USER@HOST/DB",
+                ));
             }
             if url.starts_with("sqlite:") && self.nats_url.is_some() {
-                return Err(invalid("PANNEAU_NATS_URL", "cluster mode needs a MariaDB PANNEAU_DATABASE_URL"));
+                return Err(invalid(
+                    "PANNEAU_NATS_URL",
+                    "cluster mode needs a MariaDB PANNEAU_DATABASE_URL",
+                ));
             }
         }
         if let Some(nats) = &self.nats_url

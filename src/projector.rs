@@ -30,14 +30,19 @@ pub enum Outcome {
     /// Already applied (a redelivery).
     Duplicate,
     /// An earlier version of the stream is missing; nothing was written.
-    Gap { expected: u64 },
+    Gap {
+        expected: u64,
+    },
 }
 
 /// Applies one event to the feed read model.
 ///
 /// # Errors
 /// `Unavailable` when the store cannot be written (retry later); `Corrupt`.
-pub async fn project(store: &dyn FeedStore, envelope: &Envelope<PublicationEvent>) -> Result<Outcome, ReadModelError> {
+pub async fn project(
+    store: &dyn FeedStore,
+    envelope: &Envelope<PublicationEvent>,
+) -> Result<Outcome, ReadModelError> {
     let key = publication_key(&envelope.payload.publication_id());
     loop {
         let stored = store.get(&key).await?;
@@ -98,7 +103,9 @@ pub enum ProjectorError {
     Log(#[from] StoreError),
     #[error("cannot write the read model")]
     ReadModel(#[from] ReadModelError),
-    #[error("event {position} of {stream} waits for version {expected}, which the log does not hold")]
+    #[error(
+        "event {position} of {stream} waits for version {expected}, which the log does not hold"
+    )]
     Hole {
         position: i64,
         stream: String,
@@ -124,7 +131,10 @@ pub async fn catch_up(
     Ok(position)
 }
 
-async fn apply_recorded(feeds: &dyn FeedStore, event: &RecordedEvent) -> Result<(), ProjectorError> {
+async fn apply_recorded(
+    feeds: &dyn FeedStore,
+    event: &RecordedEvent,
+) -> Result<(), ProjectorError> {
     match project(feeds, &event.envelope).await? {
         Outcome::Applied | Outcome::Duplicate => Ok(()),
         // In position order a stream cannot have a hole unless the log lost rows.
@@ -152,13 +162,15 @@ pub async fn run_embedded(
         };
         let result = match received {
             Ok(event) if event.position <= position => Ok(()),
-            Ok(event) if event.position == position + 1 => {
-                apply_recorded(feeds.as_ref(), &event).await.map(|()| position = event.position)
-            }
+            Ok(event) if event.position == position + 1 => apply_recorded(feeds.as_ref(), &event)
+                .await
+                .map(|()| position = event.position),
             // A position was skipped (a rolled-back append) or the bus lagged:
             // the log is the truth, read what was missed from it.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_up(log.as_ref(), feeds.as_ref(), position).await.map(|p| position = p)
+                catch_up(log.as_ref(), feeds.as_ref(), position)
+                    .await
+                    .map(|p| position = p)
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };

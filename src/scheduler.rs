@@ -40,14 +40,21 @@ pub async fn run(log: Arc<dyn EventStore>, commands: CommandHandler, shutdown: C
                 request_id: None,
                 now,
             };
-            match commands.execute(id, Command::GoLive, None, &context, None, None).await {
+            match commands
+                .execute(id, Command::GoLive, None, &context, None, None)
+                .await
+            {
                 Ok(_) => tracing::info!(publication = %id, "scheduled publication went live"),
                 // Another instance got there first, or it was retracted meanwhile.
                 Err(CommandError::Refused(
-                    PublicationError::AlreadyLive | PublicationError::AlreadyRetracted | PublicationError::NotDue,
+                    PublicationError::AlreadyLive
+                    | PublicationError::AlreadyRetracted
+                    | PublicationError::NotDue,
                 ))
                 | Err(CommandError::VersionMismatch { .. }) => {}
-                Err(error) => tracing::warn!(publication = %id, error = %error, "cannot put a scheduled publication live"),
+                Err(error) => {
+                    tracing::warn!(publication = %id, error = %error, "cannot put a scheduled publication live")
+                }
             }
         }
     }

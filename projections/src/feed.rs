@@ -47,7 +47,10 @@ pub struct PublicationView {
 #[derive(Debug, utoipa::ToSchema)]
 #[allow(dead_code)]
 pub struct AttachmentView {
-    #[schema(pattern = "^https://", example = "https://mairie.example.fr/arrete.pdf")]
+    #[schema(
+        pattern = "^https://",
+        example = "https://mairie.example.fr/arrete.pdf"
+    )]
     url: String,
     #[schema(min_length = 1, max_length = 200)]
     name: String,
@@ -219,7 +222,7 @@ pub enum Step {
     Gap { expected: u64 },
     /// The event is the next one: store the new record, then change the boards.
     Apply {
-        record: PublicationState,
+        record: Box<PublicationState>,
         changes: Vec<(InseeCode, FeedChange)>,
     },
 }
@@ -259,7 +262,7 @@ pub fn step(record: Option<&PublicationState>, version: u64, event: &Publication
         changes.push((*commune, FeedChange::Remove(after.id)));
     }
     Step::Apply {
-        record: *after,
+        record: after,
         changes,
     }
 }
@@ -293,7 +296,7 @@ impl FeedProjection {
                         .or_default()
                         .apply(change, envelope.occurred_at);
                 }
-                self.records.insert(id, record);
+                self.records.insert(id, *record);
                 Ok(())
             }
         }

@@ -64,9 +64,12 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     text
 }
 
-/// An answer other than success.
+/// An answer other than success (boxed: errors are rare, results stay small).
 #[derive(Debug)]
-pub struct ApiError {
+pub struct ApiError(Box<Problem>);
+
+#[derive(Debug)]
+struct Problem {
     status: StatusCode,
     slug: &'static str,
     title: &'static str,
@@ -78,8 +81,13 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    fn new(status: StatusCode, slug: &'static str, title: &'static str, detail: impl Into<String>) -> Self {
-        Self {
+    fn new(
+        status: StatusCode,
+        slug: &'static str,
+        title: &'static str,
+        detail: impl Into<String>,
+    ) -> Self {
+        Self(Box::new(Problem {
             status,
             slug,
             title,
@@ -88,16 +96,21 @@ impl ApiError {
             retry_after: None,
             www_authenticate: None,
             cause: None,
-        }
+        }))
     }
 
     pub fn status(&self) -> StatusCode {
-        self.status
+        self.0.status
     }
 
     /// 400: the request cannot be read (malformed JSON, bad query, bad header).
     pub fn bad_request(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, "bad-request", "Bad request", detail)
+        Self::new(
+            StatusCode::BAD_REQUEST,
+            "bad-request",
+            "Bad request",
+            detail,
+        )
     }
 
     /// 400 with the fields at fault.
@@ -106,8 +119,13 @@ impl ApiError {
             [one] => format!("{}: {}", one.field, one.message),
             _ => format!("{} fields are invalid", errors.len()),
         };
-        let mut error = Self::new(StatusCode::BAD_REQUEST, "validation", "Invalid request", detail);
-        error.errors = errors;
+        let mut error = Self::new(
+            StatusCode::BAD_REQUEST,
+            "validation",
+            "Invalid request",
+            detail,
+        );
+        error.0.errors = errors;
         error
     }
 
@@ -120,8 +138,13 @@ impl ApiError {
     }
 
     pub fn unauthorized(scheme: &'static str, detail: impl Into<String>) -> Self {
-        let mut error = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required", detail);
-        error.www_authenticate = Some(scheme);
+        let mut error = Self::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Authentication required",
+            detail,
+        );
+        error.0.www_authenticate = Some(scheme);
         error
     }
 
@@ -155,7 +178,9 @@ impl ApiError {
             StatusCode::PRECONDITION_FAILED,
             "version-mismatch",
             "Precondition failed",
-            format!("the publication is at version {current}; read it again and retry with If-Match: \"{current}\""),
+            format!(
+                "the publication is at version {current}; read it again and retry with If-Match: \"{current}\""
+            ),
         )
     }
 
@@ -187,14 +212,19 @@ impl ApiError {
     }
 
     pub fn unprocessable(slug: &'static str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::UNPROCESSABLE_ENTITY, slug, "Unprocessable request", detail)
+        Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            slug,
+            "Unprocessable request",
+            detail,
+        )
     }
 
     pub fn unprocessable_fields(slug: &'static str, errors: Vec<FieldError>) -> Self {
         let mut error = Self::invalid(errors);
-        error.status = StatusCode::UNPROCESSABLE_ENTITY;
-        error.slug = slug;
-        error.title = "Unprocessable request";
+        error.0.status = StatusCode::UNPROCESSABLE_ENTITY;
+        error.0.slug = slug;
+        error.0.title = "Unprocessable request";
         error
     }
 
@@ -205,7 +235,7 @@ impl ApiError {
             "Too many requests",
             format!("slow down; retry in {retry_after} s"),
         );
-        error.retry_after = Some(retry_after);
+        error.0.retry_after = Some(retry_after);
         error
     }
 
@@ -217,8 +247,8 @@ impl ApiError {
             "Service unavailable",
             format!("{what} is unavailable; nothing was changed, retry later"),
         );
-        error.retry_after = Some(RETRY_AFTER_SECONDS);
-        error.cause = Some(ErrorCause(Arc::new(cause)));
+        error.0.retry_after = Some(RETRY_AFTER_SECONDS);
+        error.0.cause = Some(ErrorCause(Arc::new(cause)));
         error
     }
 
@@ -230,17 +260,18 @@ impl ApiError {
             "Internal error",
             "something went wrong on our side; it has been logged, quote the X-Request-Id if you report it",
         );
-        error.cause = Some(ErrorCause(Arc::new(cause)));
+        error.0.cause = Some(ErrorCause(Arc::new(cause)));
         error
     }
 
     pub fn body(&self) -> ProblemBody {
+        let problem = &self.0;
         ProblemBody {
-            kind: format!("urn:panneau:problem:{}", self.slug),
-            title: self.title.to_owned(),
-            status: self.status.as_u16(),
-            detail: self.detail.clone(),
-            errors: self.errors.clone(),
+            kind: format!("urn:panneau:problem:{}", problem.slug),
+            title: problem.title.to_owned(),
+            status: problem.status.as_u16(),
+            detail: problem.detail.clone(),
+            errors: problem.errors.clone(),
         }
     }
 }
@@ -248,17 +279,21 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = serde_json::to_vec(&self.body()).expect("a problem serialises");
-        let mut response = (self.status, body).into_response();
+        let problem = *self.0;
+        let mut response = (problem.status, body).into_response();
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
         headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(seconds) = self.retry_after {
+        if let Some(seconds) = problem.retry_after {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
         }
-        if let Some(scheme) = self.www_authenticate {
+        if let Some(scheme) = problem.www_authenticate {
             headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(scheme));
         }
-        if let Some(cause) = self.cause {
+        if let Some(cause) = problem.cause {
             response.extensions_mut().insert(cause);
         }
         response
@@ -269,7 +304,9 @@ impl From<StoreError> for ApiError {
     fn from(error: StoreError) -> Self {
         match error {
             StoreError::Unavailable(_) => ApiError::unavailable("the database", error),
-            StoreError::VersionConflict => ApiError::conflict("the publication was changed concurrently; retry"),
+            StoreError::VersionConflict => {
+                ApiError::conflict("the publication was changed concurrently; retry")
+            }
             other => ApiError::internal(other),
         }
     }
@@ -294,7 +331,9 @@ impl From<PublicationError> for ApiError {
             E::NotFound => ApiError::not_found(detail),
             E::AlreadyExists | E::AlreadyLive | E::NotDue => ApiError::conflict(detail),
             E::AlreadyRetracted => ApiError::gone(detail),
-            E::OutOfScope { .. } | E::NotOwner | E::EditorMayOnlyChangeOwn => ApiError::forbidden(detail),
+            E::OutOfScope { .. } | E::NotOwner | E::EditorMayOnlyChangeOwn => {
+                ApiError::forbidden(detail)
+            }
             E::VisibleUntilPassed => field_rule("visible_until", detail),
             E::PublishAtNotInFuture => field_rule("publish_at", detail),
             E::WindowEndsBeforeStart => field_rule("visible_until", detail),

@@ -22,11 +22,20 @@ pub struct ApiJson<T> {
 }
 
 fn is_json(headers: &HeaderMap) -> bool {
-    let Some(content_type) = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()) else {
+    let Some(content_type) = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
-    let essence = content_type.split(';').next().unwrap_or_default().trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = content_type
+        .split(';')
+        .next()
+        .unwrap_or_default()
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// Reads a body of at most [`MAX_BODY_BYTES`].
@@ -41,7 +50,10 @@ pub async fn read_body(headers: &HeaderMap, body: Body) -> Result<bytes::Bytes, 
     if declared.is_some_and(|len| len > MAX_BODY_BYTES as u64) {
         return Err(ApiError::payload_too_large(MAX_BODY_BYTES));
     }
-    match http_body_util::Limited::new(body, MAX_BODY_BYTES).collect().await {
+    match http_body_util::Limited::new(body, MAX_BODY_BYTES)
+        .collect()
+        .await
+    {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(error) if error.is::<http_body_util::LengthLimitError>() => {
             Err(ApiError::payload_too_large(MAX_BODY_BYTES))
@@ -140,11 +152,16 @@ pub fn if_match(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
     };
     let text = value.to_str().unwrap_or_default().trim();
     let tag = text.strip_prefix("W/").unwrap_or(text);
-    let inner = tag.strip_prefix('"').and_then(|t| t.strip_suffix('"')).unwrap_or(tag);
+    let inner = tag
+        .strip_prefix('"')
+        .and_then(|t| t.strip_suffix('"'))
+        .unwrap_or(tag);
     inner
         .parse::<u64>()
         .ok()
         .filter(|v| *v > 0)
         .map(Some)
-        .ok_or_else(|| ApiError::invalid_field("If-Match", "expected a version entity tag such as \"3\""))
+        .ok_or_else(|| {
+            ApiError::invalid_field("If-Match", "expected a version entity tag such as \"3\"")
+        })
 }

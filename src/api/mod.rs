@@ -24,8 +24,8 @@ use crate::store::{EventStore, StateStore};
 
 pub mod error;
 pub mod extract;
-pub mod ops;
 pub mod openapi;
+pub mod ops;
 pub mod public;
 pub mod publisher;
 pub mod views;
@@ -105,7 +105,9 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
         .get(&X_REQUEST_ID)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| RequestId::parse(v).ok())
-        .unwrap_or_else(|| RequestId::parse(Uuid::now_v7().to_string()).expect("a UUID is a valid request id"));
+        .unwrap_or_else(|| {
+            RequestId::parse(Uuid::now_v7().to_string()).expect("a UUID is a valid request id")
+        });
     let route = request
         .extensions()
         .get::<MatchedPath>()

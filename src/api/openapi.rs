@@ -54,8 +54,13 @@ impl Modify for BearerAuth {
 }
 
 /// The document, serialised once.
-static DOCUMENT: LazyLock<Bytes> =
-    LazyLock::new(|| Bytes::from(ApiDoc::openapi().to_pretty_json().expect("the OpenAPI document serialises")));
+static DOCUMENT: LazyLock<Bytes> = LazyLock::new(|| {
+    Bytes::from(
+        ApiDoc::openapi()
+            .to_pretty_json()
+            .expect("the OpenAPI document serialises"),
+    )
+});
 
 pub fn routes() -> Router<AppState> {
     Router::new().route("/openapi.json", get(document))
@@ -63,8 +68,9 @@ pub fn routes() -> Router<AppState> {
 
 async fn document() -> Response {
     let mut response = DOCUMENT.clone().into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }

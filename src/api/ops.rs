@@ -55,10 +55,12 @@ async fn readyz(State(ops): State<OpsState>) -> Response {
     } else {
         StatusCode::OK
     };
-    let mut response = (status, serde_json::to_vec(&readiness).expect("serialises")).into_response();
-    response
-        .headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    let mut response =
+        (status, serde_json::to_vec(&readiness).expect("serialises")).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -68,13 +70,41 @@ async fn metrics(State(ops): State<OpsState>) -> Response {
     let (entries, bytes) = ops.cache.usage();
     let mut text = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(text, "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}");
+        let _ = writeln!(
+            text,
+            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
+        );
     };
-    metric("panneau_feed_cache_hits_total", "counter", "Feed and publication reads served from the cache.", counters.hits.load(Ordering::Relaxed));
-    metric("panneau_feed_cache_misses_total", "counter", "Reads that were not in the cache.", counters.misses.load(Ordering::Relaxed));
-    metric("panneau_feed_store_loads_total", "counter", "Documents loaded from the feed store.", counters.loads.load(Ordering::Relaxed));
-    metric("panneau_feed_cache_entries", "gauge", "Rendered feeds in the cache.", entries);
-    metric("panneau_feed_cache_bytes", "gauge", "Bytes of rendered feeds in the cache.", bytes);
+    metric(
+        "panneau_feed_cache_hits_total",
+        "counter",
+        "Feed and publication reads served from the cache.",
+        counters.hits.load(Ordering::Relaxed),
+    );
+    metric(
+        "panneau_feed_cache_misses_total",
+        "counter",
+        "Reads that were not in the cache.",
+        counters.misses.load(Ordering::Relaxed),
+    );
+    metric(
+        "panneau_feed_store_loads_total",
+        "counter",
+        "Documents loaded from the feed store.",
+        counters.loads.load(Ordering::Relaxed),
+    );
+    metric(
+        "panneau_feed_cache_entries",
+        "gauge",
+        "Rendered feeds in the cache.",
+        entries,
+    );
+    metric(
+        "panneau_feed_cache_bytes",
+        "gauge",
+        "Bytes of rendered feeds in the cache.",
+        bytes,
+    );
     let mut response = text.into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -67,7 +67,10 @@ pub async fn search_communes(
 ) -> Result<Response, ApiError> {
     let q = query.q.unwrap_or_default();
     if q.trim().is_empty() {
-        return Err(ApiError::invalid_field("q", "give a commune name, postal code or INSEE code"));
+        return Err(ApiError::invalid_field(
+            "q",
+            "give a commune name, postal code or INSEE code",
+        ));
     }
     if q.chars().count() > 100 {
         return Err(ApiError::invalid_field("q", "at most 100 characters"));
@@ -80,7 +83,12 @@ pub async fn search_communes(
             .filter(|l| (1..=SEARCH_MAX_LIMIT).contains(l))
             .ok_or_else(|| ApiError::invalid_field("limit", "a whole number from 1 to 50"))?,
     };
-    let communes = app.communes.search(&q, limit).into_iter().cloned().collect();
+    let communes = app
+        .communes
+        .search(&q, limit)
+        .into_iter()
+        .cloned()
+        .collect();
     Ok(json_response(
         &CommuneList { communes },
         "public, max-age=3600",
@@ -92,9 +100,12 @@ pub async fn search_communes(
 /// # Errors
 /// 400 when malformed, 404 when no current commune has that code.
 pub fn known_commune(app: &AppState, code: &str) -> Result<InseeCode, ApiError> {
-    let code = InseeCode::parse(code).map_err(|e| ApiError::invalid_field("code", e.to_string()))?;
+    let code =
+        InseeCode::parse(code).map_err(|e| ApiError::invalid_field("code", e.to_string()))?;
     if app.communes.get(&code).is_none() {
-        return Err(ApiError::not_found(format!("no current commune has the INSEE code {code}")));
+        return Err(ApiError::not_found(format!(
+            "no current commune has the INSEE code {code}"
+        )));
     }
     Ok(code)
 }
@@ -152,9 +163,10 @@ pub async fn get_feed(
         let policy = &app.cache_policy;
         let cache_control = format!("public, max-age={}", policy.max_age);
         let mut response = (StatusCode::OK, json).into_response();
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         response.headers_mut().insert(
             header::CACHE_CONTROL,
             HeaderValue::from_str(&cache_control).expect("ASCII header"),
@@ -187,7 +199,9 @@ pub async fn get_publication(
     let id = parse_publication_id(&id)?;
     match app.cache.publication(id).await?.as_ref() {
         PublicationLookup::Visible(rendered) => Ok(serve(rendered, &headers, &app)),
-        PublicationLookup::Retracted { .. } => Err(ApiError::gone("this publication was retracted")),
+        PublicationLookup::Retracted { .. } => {
+            Err(ApiError::gone("this publication was retracted"))
+        }
         PublicationLookup::NotFound { .. } => Err(ApiError::not_found("no such publication")),
     }
 }
@@ -226,7 +240,9 @@ pub async fn count_view(
             app.views.count(id);
             Ok(StatusCode::ACCEPTED)
         }
-        PublicationLookup::Retracted { .. } => Err(ApiError::gone("this publication was retracted")),
+        PublicationLookup::Retracted { .. } => {
+            Err(ApiError::gone("this publication was retracted"))
+        }
         PublicationLookup::NotFound { .. } => Err(ApiError::not_found("no such publication")),
     }
 }
@@ -235,8 +251,14 @@ fn json_response<T: Serialize>(value: &T, cache_control: &'static str) -> Respon
     let body = serde_json::to_vec(value).expect("responses serialise");
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static(cache_control));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static(cache_control),
+    );
     response
 }
 
@@ -249,7 +271,10 @@ enum Encoding {
 
 /// Picks brotli, gzip or identity from `Accept-Encoding` (q-values honoured).
 fn negotiate(headers: &HeaderMap) -> Encoding {
-    let Some(accept) = headers.get(header::ACCEPT_ENCODING).and_then(|v| v.to_str().ok()) else {
+    let Some(accept) = headers
+        .get(header::ACCEPT_ENCODING)
+        .and_then(|v| v.to_str().ok())
+    else {
         return Encoding::Identity;
     };
     let (mut br, mut gzip, mut any) = (None, None, None);
@@ -280,7 +305,10 @@ fn negotiate(headers: &HeaderMap) -> Encoding {
 
 /// Whether `If-None-Match` names the current representation (any encoding of it).
 fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
-    let Some(value) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) else {
+    let Some(value) = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+    else {
         return false;
     };
     value.split(',').any(|tag| {
@@ -321,15 +349,24 @@ fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
     } else {
         let mut response = Response::new(Body::from(body.clone()));
         let headers = response.headers_mut();
-        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         if let Some(coding) = content_encoding {
             headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(coding));
         }
         response
     };
     let headers = response.headers_mut();
-    headers.insert(header::ETAG, HeaderValue::from_str(&etag).expect("hex etag"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_str(&cache_control).expect("ASCII header"));
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&etag).expect("hex etag"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_str(&cache_control).expect("ASCII header"),
+    );
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     response
 }
@@ -340,7 +377,10 @@ mod tests {
 
     fn accept(value: &str) -> HeaderMap {
         let mut h = HeaderMap::new();
-        h.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+        h.insert(
+            header::ACCEPT_ENCODING,
+            HeaderValue::from_str(value).unwrap(),
+        );
         h
     }
 
@@ -359,9 +399,15 @@ mod tests {
     #[test]
     fn if_none_match_accepts_any_encoding_of_the_same_content() {
         let mut h = HeaderMap::new();
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"abc-gzip\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("\"abc-gzip\""),
+        );
         assert!(not_modified(&h, "abc"));
-        h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("W/\"abc\", \"zzz\""));
+        h.insert(
+            header::IF_NONE_MATCH,
+            HeaderValue::from_static("W/\"abc\", \"zzz\""),
+        );
         assert!(not_modified(&h, "abc"));
         h.insert(header::IF_NONE_MATCH, HeaderValue::from_static("\"abd\""));
         assert!(!not_modified(&h, "abc"));

@@ -8,9 +8,9 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use panneau_domain::{
-    Actor, Amendment, Attachments, Body, Category, Command, CommuneSet, Content, Issuer,
-    Priority, PublicationError, PublicationEvent, PublicationId, PublicationState, Status,
-    StreamId, Timestamp, Title, VisibilityWindow,
+    Actor, Amendment, Attachments, Body, Category, Command, CommuneSet, Content, Issuer, Priority,
+    PublicationError, PublicationEvent, PublicationId, PublicationState, Status, StreamId,
+    Timestamp, Title, VisibilityWindow,
 };
 use serde::{Deserialize, Deserializer, Serialize};
 use sha2::{Digest, Sha256};
@@ -67,7 +67,10 @@ impl Authenticated {
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        app: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let unauthorized = |detail: &str| ApiError::unauthorized("Bearer", detail);
         let header = parts
             .headers
@@ -97,7 +100,9 @@ fn present<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Optio
     T::deserialize(d).map(Some)
 }
 
-fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+fn nullable<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    d: D,
+) -> Result<Option<Option<T>>, D::Error> {
     Option::<T>::deserialize(d).map(Some)
 }
 
@@ -231,18 +236,26 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
         .map(|v| v.trim_matches('"'))
         .filter(|v| !v.is_empty() && v.len() <= 255 && v.bytes().all(|b| b.is_ascii_graphic()))
         .map(|v| Some(v.to_owned()))
-        .ok_or_else(|| ApiError::invalid_field("Idempotency-Key", "1 to 255 visible ASCII characters"))
+        .ok_or_else(|| {
+            ApiError::invalid_field("Idempotency-Key", "1 to 255 visible ASCII characters")
+        })
 }
 
 fn created(id: PublicationId, version: u64, body: Vec<u8>, replayed: bool) -> Response {
     let mut response = (StatusCode::CREATED, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     headers.insert(
         header::LOCATION,
         HeaderValue::from_str(&format!("/v1/publications/{id}")).expect("ASCII id"),
     );
-    headers.insert(header::ETAG, HeaderValue::from_str(&format!("\"{version}\"")).expect("digits"));
+    headers.insert(
+        header::ETAG,
+        HeaderValue::from_str(&format!("\"{version}\"")).expect("digits"),
+    );
     if replayed {
         headers.insert("idempotent-replayed", HeaderValue::from_static("true"));
     }
@@ -260,7 +273,12 @@ fn replay(existing: &IdempotencyRecord, request_hash: &[u8; 32]) -> Result<Respo
     }
     let accepted: Accepted = serde_json::from_slice(&existing.response)
         .map_err(|e| ApiError::internal(StoreError::Database(sqlx::Error::Decode(Box::new(e)))))?;
-    Ok(created(accepted.id, accepted.version, existing.response.clone(), true))
+    Ok(created(
+        accepted.id,
+        accepted.version,
+        existing.response.clone(),
+        true,
+    ))
 }
 
 /// Records a refusal for lack of rights in the audit trail, then answers 403.
@@ -297,7 +315,9 @@ async fn command_error(
 ) -> ApiError {
     match error {
         CommandError::Refused(
-            e @ (PublicationError::OutOfScope { .. } | PublicationError::NotOwner | PublicationError::EditorMayOnlyChangeOwn),
+            e @ (PublicationError::OutOfScope { .. }
+            | PublicationError::NotOwner
+            | PublicationError::EditorMayOnlyChangeOwn),
         ) => {
             let reason = e.to_string();
             refuse(app, auth, action, publication, e.into(), reason).await
@@ -326,7 +346,10 @@ pub async fn publish(
     State(app): State<AppState>,
     auth: Authenticated,
     headers: HeaderMap,
-    ApiJson { value: request, canonical }: ApiJson<PublishRequest>,
+    ApiJson {
+        value: request,
+        canonical,
+    }: ApiJson<PublishRequest>,
 ) -> Result<Response, ApiError> {
     let key = idempotency_key(&headers)?;
     let window = VisibilityWindow::new(request.visible_from, request.visible_until)
@@ -377,11 +400,20 @@ pub async fn publish(
     });
     match app
         .commands
-        .execute(id, command, None, &context, Some(auth.token.publisher), idempotency)
+        .execute(
+            id,
+            command,
+            None,
+            &context,
+            Some(auth.token.publisher),
+            idempotency,
+        )
         .await
     {
         Ok(accepted) => Ok(created(id, accepted.version, response, false)),
-        Err(CommandError::Store(StoreError::IdempotencyKeyUsed(existing))) => replay(&existing, &request_hash),
+        Err(CommandError::Store(StoreError::IdempotencyKeyUsed(existing))) => {
+            replay(&existing, &request_hash)
+        }
         Err(error) => Err(command_error(&app, &auth, "publish", Some(id), error).await),
     }
 }
@@ -449,9 +481,10 @@ pub async fn amend(
             })
             .expect("serialises");
             let mut response = (StatusCode::OK, body).into_response();
-            response
-                .headers_mut()
-                .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            response.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
             response.headers_mut().insert(
                 header::ETAG,
                 HeaderValue::from_str(&format!("\"{}\"", accepted.version)).expect("digits"),
@@ -486,8 +519,14 @@ pub async fn retract(
 ) -> Result<StatusCode, ApiError> {
     let id = parse_publication_id(&id)?;
     let expected = if_match(&headers)?;
-    let command = Command::Retract { issuer: auth.issuer() };
-    match app.commands.execute(id, command, expected, &auth.context(), None, None).await {
+    let command = Command::Retract {
+        issuer: auth.issuer(),
+    };
+    match app
+        .commands
+        .execute(id, command, expected, &auth.context(), None, None)
+        .await
+    {
         Ok(_) => Ok(StatusCode::NO_CONTENT),
         Err(error) => Err(command_error(&app, &auth, "retract", Some(id), error).await),
     }
@@ -503,7 +542,9 @@ pub enum ActorView {
         #[schema(value_type = String, format = Uuid)]
         token: Uuid,
     },
-    System { component: String },
+    System {
+        component: String,
+    },
 }
 
 impl From<&Actor> for ActorView {
@@ -603,7 +644,15 @@ pub async fn history(
     };
     if current.publisher != auth.token.publisher {
         let error = ApiError::forbidden("the publication belongs to another publisher");
-        return Err(refuse(&app, &auth, "history", Some(id), error, "not the owner".into()).await);
+        return Err(refuse(
+            &app,
+            &auth,
+            "history",
+            Some(id),
+            error,
+            "not the owner".into(),
+        )
+        .await);
     }
     let refusals = app.state.refusals_for(id).await?;
     let body = History {
@@ -641,10 +690,20 @@ pub async fn history(
 }
 
 fn json<T: Serialize>(value: &T) -> Response {
-    let mut response = (StatusCode::OK, serde_json::to_vec(value).expect("serialises")).into_response();
+    let mut response = (
+        StatusCode::OK,
+        serde_json::to_vec(value).expect("serialises"),
+    )
+        .into_response();
     let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
-    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-cache"));
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-cache"),
+    );
     response
 }
 
@@ -714,7 +773,10 @@ fn own(state: &PublicationState, views: u64) -> OwnPublication {
         (status = 503, description = "Database unavailable", body = ProblemBody, content_type = "application/problem+json"),
     )
 )]
-pub async fn own_publications(State(app): State<AppState>, auth: Authenticated) -> Result<Response, ApiError> {
+pub async fn own_publications(
+    State(app): State<AppState>,
+    auth: Authenticated,
+) -> Result<Response, ApiError> {
     let ids = app.log.publications_of(auth.token.publisher, 100).await?;
     let views = app.state.views(&ids).await?;
     let mut publications = Vec::with_capacity(ids.len());

@@ -32,8 +32,11 @@ fn content() -> Content {
         body: Body::parse("Évitez les déplacements.\nRestez à l'abri des arbres.").unwrap(),
         category: Category::Weather,
         priority: Priority::Urgent,
-        window: VisibilityWindow::new(Some(t(1_790_000_000_000_000)), Some(t(1_790_086_400_000_000)))
-            .unwrap(),
+        window: VisibilityWindow::new(
+            Some(t(1_790_000_000_000_000)),
+            Some(t(1_790_086_400_000_000)),
+        )
+        .unwrap(),
         attachments: Attachments::new(vec![Attachment {
             url: HttpsUrl::parse("https://www.ille-et-vilaine.gouv.fr/alerte.pdf").unwrap(),
             name: AttachmentName::parse("Communiqué de la préfecture").unwrap(),
@@ -52,7 +55,9 @@ fn publisher_actor() -> Actor {
 
 fn envelope(version: u64, actor: Actor, payload: PublicationEvent) -> Envelope<PublicationEvent> {
     Envelope {
-        event_id: EventId::new(Uuid::from_u128(0x0193_6f5e_9000_7000_8000_0000_0000_0000 + u128::from(version))),
+        event_id: EventId::new(Uuid::from_u128(
+            0x0193_6f5e_9000_7000_8000_0000_0000_0000 + u128::from(version),
+        )),
         stream_id: StreamId::publication(id()),
         stream_version: version,
         event_type: payload.event_type(),
@@ -122,7 +127,9 @@ fn samples() -> Vec<(&'static str, Envelope<PublicationEvent>)> {
                 PublicationEvent::Amended(PublicationAmended {
                     id: id(),
                     changes: Amendment {
-                        communes: Some(CommuneSet::new(vec![InseeCode::parse("35047").unwrap()]).unwrap()),
+                        communes: Some(
+                            CommuneSet::new(vec![InseeCode::parse("35047").unwrap()]).unwrap(),
+                        ),
                         title: Some(Title::parse("Alerte levée").unwrap()),
                         body: None,
                         category: Some(Category::Info),
@@ -165,9 +172,14 @@ fn every_golden_fixture_decodes_to_its_event() {
             std::fs::create_dir_all(path.parent().unwrap()).unwrap();
             std::fs::write(&path, encode_event(&expected)).unwrap();
         }
-        let bytes = std::fs::read(&path)
-            .unwrap_or_else(|e| panic!("fixture {} is missing ({e}); see this module's comment", path.display()));
-        let decoded = decode_event(&bytes).unwrap_or_else(|e| panic!("{name} no longer decodes: {e}"));
+        let bytes = std::fs::read(&path).unwrap_or_else(|e| {
+            panic!(
+                "fixture {} is missing ({e}); see this module's comment",
+                path.display()
+            )
+        });
+        let decoded =
+            decode_event(&bytes).unwrap_or_else(|e| panic!("{name} no longer decodes: {e}"));
         assert_eq!(decoded, expected, "{name} decodes to something else");
     }
 }
@@ -192,14 +204,20 @@ fn envelopes_round_trip() {
 #[test]
 fn unknown_formats_and_events_are_refused() {
     assert!(matches!(decode_event(&[]), Err(CodecError::Empty)));
-    assert!(matches!(decode_event(&[9, 1, 2]), Err(CodecError::UnknownFormat(9))));
+    assert!(matches!(
+        decode_event(&[9, 1, 2]),
+        Err(CodecError::UnknownFormat(9))
+    ));
     let mut stored: StoredEnvelope = decode(&encode_event(&samples()[0].1)[1..]).unwrap();
     stored.schema_version = 99;
     let mut bytes = vec![ENVELOPE_V1];
     bytes.extend(encode(&stored));
     assert!(matches!(
         decode_event(&bytes),
-        Err(CodecError::UnknownEvent { schema_version: 99, .. })
+        Err(CodecError::UnknownEvent {
+            schema_version: 99,
+            ..
+        })
     ));
     let mut trailing = encode_event(&samples()[0].1);
     trailing.push(0);

@@ -19,9 +19,7 @@ use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use panneau_domain::{InseeCode, PublicationId, PublicationState, Status, Timestamp};
-use panneau_projections::{
-    Communes, FeedDocument, FeedEntry, PAGE_SIZE, SortKey, render_page,
-};
+use panneau_projections::{Communes, FeedDocument, FeedEntry, PAGE_SIZE, SortKey, render_page};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -48,17 +46,21 @@ impl Rendered {
     fn new(revision: u64, json: Vec<u8>, next_change: Option<Timestamp>, now: Timestamp) -> Self {
         let digest = Sha256::digest(&json);
         let etag: String = digest[..10].iter().map(|b| format!("{b:02x}")).collect();
-        let mut gz = flate2::write::GzEncoder::new(Vec::with_capacity(json.len() / 3), flate2::Compression::best());
+        let mut gz = flate2::write::GzEncoder::new(
+            Vec::with_capacity(json.len() / 3),
+            flate2::Compression::best(),
+        );
         gz.write_all(&json).expect("writing to a Vec cannot fail");
         let gzip = gz.finish().expect("writing to a Vec cannot fail");
         let mut brotli = Vec::with_capacity(json.len() / 4);
         {
             let mut writer = brotli::CompressorWriter::new(&mut brotli, 4096, 9, 20);
-            writer.write_all(&json).expect("writing to a Vec cannot fail");
+            writer
+                .write_all(&json)
+                .expect("writing to a Vec cannot fail");
         }
-        let fresh_until = next_change.map(|at| {
-            Instant::now() + Duration::from_micros(now.micros_until(at))
-        });
+        let fresh_until =
+            next_change.map(|at| Instant::now() + Duration::from_micros(now.micros_until(at)));
         Self {
             revision,
             identity: Bytes::from(json),
@@ -76,8 +78,12 @@ impl Rendered {
 
     /// Seconds this body stays right, capped at `max`.
     pub fn max_age(&self, max: u64) -> u64 {
-        self.fresh_until
-            .map_or(max, |until| until.saturating_duration_since(Instant::now()).as_secs().min(max))
+        self.fresh_until.map_or(max, |until| {
+            until
+                .saturating_duration_since(Instant::now())
+                .as_secs()
+                .min(max)
+        })
     }
 }
 
@@ -85,7 +91,9 @@ impl Rendered {
 #[derive(Debug)]
 pub enum PublicationLookup {
     Visible(Rendered),
-    Retracted { revision: u64 },
+    Retracted {
+        revision: u64,
+    },
     /// Unknown, or not shown yet (scheduled, or before its `visible_from`).
     NotFound {
         revision: u64,
@@ -97,9 +105,8 @@ impl PublicationLookup {
     fn revision(&self) -> u64 {
         match self {
             PublicationLookup::Visible(r) => r.revision,
-            PublicationLookup::Retracted { revision } | PublicationLookup::NotFound { revision, .. } => {
-                *revision
-            }
+            PublicationLookup::Retracted { revision }
+            | PublicationLookup::NotFound { revision, .. } => *revision,
         }
     }
 
@@ -120,7 +127,12 @@ fn ttl(fresh_until: Option<Instant>, created_at: Instant) -> Option<Duration> {
 }
 
 impl Expiry<InseeCode, Arc<Rendered>> for UntilNextChange {
-    fn expire_after_create(&self, _: &InseeCode, value: &Arc<Rendered>, created_at: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &InseeCode,
+        value: &Arc<Rendered>,
+        created_at: Instant,
+    ) -> Option<Duration> {
         ttl(value.fresh_until, created_at)
     }
 
@@ -194,10 +206,12 @@ impl FeedCache {
             .build();
         let publications = Cache::builder()
             .max_capacity(capacity_bytes / 4)
-            .weigher(|_: &PublicationId, v: &Arc<PublicationLookup>| match v.as_ref() {
-                PublicationLookup::Visible(r) => r.weight(),
-                _ => 64,
-            })
+            .weigher(
+                |_: &PublicationId, v: &Arc<PublicationLookup>| match v.as_ref() {
+                    PublicationLookup::Visible(r) => r.weight(),
+                    _ => 64,
+                },
+            )
             .expire_after(UntilNextChange)
             .build();
         Self {
@@ -241,7 +255,11 @@ impl FeedCache {
     ///
     /// # Errors
     /// `Unavailable` when the store cannot be read.
-    pub async fn feed_page(&self, commune: InseeCode, cursor: SortKey) -> Result<Vec<u8>, ReadModelError> {
+    pub async fn feed_page(
+        &self,
+        commune: InseeCode,
+        cursor: SortKey,
+    ) -> Result<Vec<u8>, ReadModelError> {
         let document = self.load(&feed_key(&commune)).await?;
         let doc: FeedDocument = match &document {
             Some(d) => decode_document(&d.value)?,
@@ -258,7 +276,10 @@ impl FeedCache {
     ///
     /// # Errors
     /// `Unavailable` when it is not cached and the store cannot be read.
-    pub async fn publication(&self, id: PublicationId) -> Result<Arc<PublicationLookup>, ReadModelError> {
+    pub async fn publication(
+        &self,
+        id: PublicationId,
+    ) -> Result<Arc<PublicationLookup>, ReadModelError> {
         if let Some(hit) = self.publications.get(&id).await {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
             return Ok(hit);
@@ -283,7 +304,11 @@ impl FeedCache {
         self.store.get(key).await
     }
 
-    fn render_feed(&self, commune: InseeCode, document: Option<Versioned>) -> Result<Rendered, ReadModelError> {
+    fn render_feed(
+        &self,
+        commune: InseeCode,
+        document: Option<Versioned>,
+    ) -> Result<Rendered, ReadModelError> {
         let (doc, revision) = match document {
             Some(d) => (decode_document::<FeedDocument>(&d.value)?, d.revision),
             None => (FeedDocument::default(), 0),
@@ -302,7 +327,10 @@ impl FeedCache {
     pub async fn apply(&self, change: Change) {
         match change {
             Change::Put { key, document } => {
-                if let Some(code) = key.strip_prefix("feed.").and_then(|c| InseeCode::parse(c).ok()) {
+                if let Some(code) = key
+                    .strip_prefix("feed.")
+                    .and_then(|c| InseeCode::parse(c).ok())
+                {
                     if self.communes.get(&code).is_none() {
                         return;
                     }
@@ -324,7 +352,10 @@ impl FeedCache {
                             }
                         })
                         .await;
-                } else if let Some(id) = key.strip_prefix("pub.").and_then(|i| PublicationId::parse(i).ok()) {
+                } else if let Some(id) = key
+                    .strip_prefix("pub.")
+                    .and_then(|i| PublicationId::parse(i).ok())
+                {
                     let _ = self
                         .publications
                         .entry(id)
@@ -343,9 +374,15 @@ impl FeedCache {
                 }
             }
             Change::Deleted { key } => {
-                if let Some(code) = key.strip_prefix("feed.").and_then(|c| InseeCode::parse(c).ok()) {
+                if let Some(code) = key
+                    .strip_prefix("feed.")
+                    .and_then(|c| InseeCode::parse(c).ok())
+                {
                     self.feeds.invalidate(&code).await;
-                } else if let Some(id) = key.strip_prefix("pub.").and_then(|i| PublicationId::parse(i).ok()) {
+                } else if let Some(id) = key
+                    .strip_prefix("pub.")
+                    .and_then(|i| PublicationId::parse(i).ok())
+                {
                     self.publications.invalidate(&id).await;
                 }
             }
@@ -357,7 +394,11 @@ impl FeedCache {
     }
 
     /// Follows a change feed of the store until `shutdown`.
-    pub async fn follow(self: Arc<Self>, mut changes: BoxStream<'static, Change>, shutdown: CancellationToken) {
+    pub async fn follow(
+        self: Arc<Self>,
+        mut changes: BoxStream<'static, Change>,
+        shutdown: CancellationToken,
+    ) {
         loop {
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -381,10 +422,12 @@ where
     V: Clone,
 {
     match result {
-        CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => Ok(e.into_value()),
-        CompResult::StillNone(_) | CompResult::Removed(_) => {
-            Err(ReadModelError::Unavailable("the entry vanished while loading".into()))
+        CompResult::Inserted(e) | CompResult::ReplacedWith(e) | CompResult::Unchanged(e) => {
+            Ok(e.into_value())
         }
+        CompResult::StillNone(_) | CompResult::Removed(_) => Err(ReadModelError::Unavailable(
+            "the entry vanished while loading".into(),
+        )),
     }
 }
 
@@ -405,9 +448,13 @@ fn render_publication(document: Option<Versioned>) -> Result<PublicationLookup, 
     if entry.shown_from > now {
         return Ok(PublicationLookup::NotFound {
             revision,
-            shown_from: Some(Instant::now() + Duration::from_micros(now.micros_until(entry.shown_from))),
+            shown_from: Some(
+                Instant::now() + Duration::from_micros(now.micros_until(entry.shown_from)),
+            ),
         });
     }
     let json = serde_json::to_vec(&entry.view).expect("a publication serialises");
-    Ok(PublicationLookup::Visible(Rendered::new(revision, json, None, now)))
+    Ok(PublicationLookup::Visible(Rendered::new(
+        revision, json, None, now,
+    )))
 }

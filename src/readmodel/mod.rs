@@ -66,7 +66,12 @@ pub trait FeedStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// `Conflict` when the key is elsewhere; `Unavailable`.
-    async fn put(&self, key: &str, value: Bytes, expected: Option<u64>) -> Result<u64, ReadModelError>;
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, ReadModelError>;
 
     /// Every change from now on, in the order the store applied them.
     fn watch(&self) -> BoxStream<'static, Change>;
@@ -103,7 +108,10 @@ impl Default for MemoryFeedStore {
 
 impl MemoryFeedStore {
     pub fn len(&self) -> usize {
-        self.documents.read().expect("feed store lock poisoned").len()
+        self.documents
+            .read()
+            .expect("feed store lock poisoned")
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,7 +130,12 @@ impl FeedStore for MemoryFeedStore {
             .cloned())
     }
 
-    async fn put(&self, key: &str, value: Bytes, expected: Option<u64>) -> Result<u64, ReadModelError> {
+    async fn put(
+        &self,
+        key: &str,
+        value: Bytes,
+        expected: Option<u64>,
+    ) -> Result<u64, ReadModelError> {
         let document = {
             let mut documents = self.documents.write().expect("feed store lock poisoned");
             let current = documents.get(key).map(|d| d.revision);

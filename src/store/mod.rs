@@ -80,9 +80,12 @@ impl StoreError {
     pub fn from_sqlx(error: sqlx::Error) -> Self {
         use sqlx::Error as E;
         match &error {
-            E::Io(_) | E::Tls(_) | E::PoolTimedOut | E::PoolClosed | E::WorkerCrashed | E::Protocol(_) => {
-                StoreError::Unavailable(error)
-            }
+            E::Io(_)
+            | E::Tls(_)
+            | E::PoolTimedOut
+            | E::PoolClosed
+            | E::WorkerCrashed
+            | E::Protocol(_) => StoreError::Unavailable(error),
             E::Database(db) if is_transient(db.as_ref()) => StoreError::Unavailable(error),
             _ => StoreError::Database(error),
         }
@@ -107,7 +110,12 @@ fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
         // (1205, HY000 is too broad so it is matched by number below), read-only,
         // WSREP not ready (08S01), connection failures.
         | "40001" | "08S01" | "08004" | "08003" | "08006" | "25006"
-    ) || mysql_number(db).is_some_and(|n| matches!(n, 1020 | 1047 | 1205 | 1213 | 1290 | 1927 | 2006 | 2013 | 4031))
+    ) || mysql_number(db).is_some_and(|n| {
+        matches!(
+            n,
+            1020 | 1047 | 1205 | 1213 | 1290 | 1927 | 2006 | 2013 | 4031
+        )
+    })
 }
 
 /// The MariaDB error number, when the error comes from MariaDB.
@@ -168,8 +176,13 @@ pub trait EventStore: Send + Sync + 'static {
 /// stores keep in the same transaction as the event.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum ScheduleChange {
-    Set { id: PublicationId, publish_at: Timestamp },
-    Clear { id: PublicationId },
+    Set {
+        id: PublicationId,
+        publish_at: Timestamp,
+    },
+    Clear {
+        id: PublicationId,
+    },
 }
 
 impl ScheduleChange {
@@ -179,10 +192,12 @@ impl ScheduleChange {
                 id: e.id,
                 publish_at: e.publish_at,
             }),
-            PublicationEvent::Amended(e) => e.changes.publish_at.map(|publish_at| ScheduleChange::Set {
-                id: e.id,
-                publish_at,
-            }),
+            PublicationEvent::Amended(e) => {
+                e.changes.publish_at.map(|publish_at| ScheduleChange::Set {
+                    id: e.id,
+                    publish_at,
+                })
+            }
             PublicationEvent::WentLive(e) => Some(ScheduleChange::Clear { id: e.id }),
             PublicationEvent::Retracted(e) => Some(ScheduleChange::Clear { id: e.id }),
             PublicationEvent::Published(_) => None,
@@ -285,7 +300,10 @@ pub trait StateStore: Send + Sync + 'static {
     ///
     /// # Errors
     /// `Unavailable`, `Database`.
-    async fn views(&self, publications: &[PublicationId]) -> Result<Vec<(PublicationId, u64)>, StoreError>;
+    async fn views(
+        &self,
+        publications: &[PublicationId],
+    ) -> Result<Vec<(PublicationId, u64)>, StoreError>;
 }
 
 /// A token to store: its hash, role and scope.

@@ -15,15 +15,17 @@ use panneau_domain::{
     PublicationId, PublisherId, RequestId, Role, Scope, StreamId, Timestamp, TokenId,
 };
 use sqlx::Row;
-use sqlx::migrate::{Migration, MigrationType, Migrator};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::SqlSafeStr;
+use sqlx::migrate::{Migration, MigrationType, Migrator};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
 use tokio::sync::Mutex;
 use uuid::Uuid;
 
 use super::{
-    Append, ScheduleChange, EventStore, IdempotencyRecord, NewToken, PublisherSummary, RecordedEvent, Refusal,
-    StateStore, StoreError, TokenRecord,
+    Append, EventStore, IdempotencyRecord, NewToken, PublisherSummary, RecordedEvent, Refusal,
+    ScheduleChange, StateStore, StoreError, TokenRecord,
 };
 use crate::codec::{decode_event, encode_event};
 
@@ -48,7 +50,13 @@ impl std::fmt::Debug for SqliteStore {
 
 fn migrator() -> Migrator {
     let migration = |version, description: &'static str, sql: &'static str| {
-        Migration::new(version, description.into(), MigrationType::Simple, sql.into_sql_str(), false)
+        Migration::new(
+            version,
+            description.into(),
+            MigrationType::Simple,
+            sql.into_sql_str(),
+            false,
+        )
     };
     Migrator::with_migrations(vec![migration(
         1,
@@ -127,10 +135,7 @@ impl SqliteStore {
         })
     }
 
-    async fn insert_events(
-        &self,
-        append: &Append,
-    ) -> Result<Vec<RecordedEvent>, sqlx::Error> {
+    async fn insert_events(&self, append: &Append) -> Result<Vec<RecordedEvent>, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
         let mut recorded = Vec::with_capacity(append.events.len());
         for (i, envelope) in append.events.iter().enumerate() {
@@ -223,15 +228,19 @@ impl EventStore for SqliteStore {
                 Some("events_stream_version" | "events_event_id") => {
                     // Already there with the same ids: a retried append that did commit.
                     let existing = self.read_stream(&append.stream).await?;
-                    let same = append.events.iter().all(|e| {
-                        existing
-                            .iter()
-                            .any(|r| r.envelope.event_id == e.event_id)
-                    });
+                    let same = append
+                        .events
+                        .iter()
+                        .all(|e| existing.iter().any(|r| r.envelope.event_id == e.event_id));
                     if same {
                         Ok(existing
                             .into_iter()
-                            .filter(|r| append.events.iter().any(|e| e.event_id == r.envelope.event_id))
+                            .filter(|r| {
+                                append
+                                    .events
+                                    .iter()
+                                    .any(|e| e.event_id == r.envelope.event_id)
+                            })
                             .collect())
                     } else {
                         Err(StoreError::VersionConflict)
@@ -257,7 +266,10 @@ impl EventStore for SqliteStore {
         sqlx::query("SELECT position, envelope FROM events WHERE position > ? ORDER BY position")
             .bind(position)
             .fetch(&self.pool)
-            .map(|row| row.map_err(StoreError::from_sqlx).and_then(|r| Self::row_to_event(&r)))
+            .map(|row| {
+                row.map_err(StoreError::from_sqlx)
+                    .and_then(|r| Self::row_to_event(&r))
+            })
             .boxed()
     }
 
@@ -287,7 +299,9 @@ impl EventStore for SqliteStore {
                 .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))?,
             status: u16::try_from(status).unwrap_or(500),
             response: row.try_get("response").map_err(StoreError::Database)?,
-            created_at: Timestamp::from_unix_micros(row.try_get("created_at").map_err(StoreError::Database)?),
+            created_at: Timestamp::from_unix_micros(
+                row.try_get("created_at").map_err(StoreError::Database)?,
+            ),
         }))
     }
 
@@ -303,7 +317,8 @@ impl EventStore for SqliteStore {
         rows.iter()
             .map(|bytes| {
                 let uuid = uuid_from(bytes)?;
-                PublicationId::new(uuid).map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
+                PublicationId::new(uuid)
+                    .map_err(|e| StoreError::Database(sqlx::Error::Decode(Box::new(e))))
             })
             .collect()
     }
@@ -344,7 +359,9 @@ fn token_from_row(row: &sqlx::sqlite::SqliteRow) -> Result<TokenRecord, StoreErr
         publisher_name: row.try_get("name").map_err(StoreError::Database)?,
         role: Role::parse(&role).ok_or_else(|| bad("unknown role"))?,
         scope: serde_json::from_str::<Scope>(&scope).map_err(|_| bad("malformed scope"))?,
-        created_at: Timestamp::from_unix_micros(row.try_get("created_at").map_err(StoreError::Database)?),
+        created_at: Timestamp::from_unix_micros(
+            row.try_get("created_at").map_err(StoreError::Database)?,
+        ),
         revoked_at: revoked.map(Timestamp::from_unix_micros),
     })
 }
@@ -406,15 +423,19 @@ impl StateStore for SqliteStore {
     }
 
     async fn list_publishers(&self) -> Result<Vec<PublisherSummary>, StoreError> {
-        let publishers = sqlx::query("SELECT id, name, created_at FROM publishers ORDER BY created_at")
+        let publishers =
+            sqlx::query("SELECT id, name, created_at FROM publishers ORDER BY created_at")
+                .fetch_all(&self.pool)
+                .await
+                .map_err(StoreError::from_sqlx)?;
+        let tokens = sqlx::query(select_tokens!("ORDER BY t.created_at"))
             .fetch_all(&self.pool)
             .await
             .map_err(StoreError::from_sqlx)?;
-        let tokens = sqlx::query(select_tokens!("ORDER BY t.created_at"))
-        .fetch_all(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
-        let tokens: Vec<TokenRecord> = tokens.iter().map(token_from_row).collect::<Result<_, _>>()?;
+        let tokens: Vec<TokenRecord> = tokens
+            .iter()
+            .map(token_from_row)
+            .collect::<Result<_, _>>()?;
         publishers
             .iter()
             .map(|row| {
@@ -426,7 +447,11 @@ impl StateStore for SqliteStore {
                     created_at: Timestamp::from_unix_micros(
                         row.try_get("created_at").map_err(StoreError::Database)?,
                     ),
-                    tokens: tokens.iter().filter(|t| t.publisher == id).cloned().collect(),
+                    tokens: tokens
+                        .iter()
+                        .filter(|t| t.publisher == id)
+                        .cloned()
+                        .collect(),
                 })
             })
             .collect()
@@ -447,10 +472,10 @@ impl StateStore for SqliteStore {
 
     async fn token_by_hash(&self, hash: &[u8; 32]) -> Result<Option<TokenRecord>, StoreError> {
         let row = sqlx::query(select_tokens!("WHERE t.token_hash = ?"))
-        .bind(hash.to_vec())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(StoreError::from_sqlx)?;
+            .bind(hash.to_vec())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
         row.as_ref().map(token_from_row).transpose()
     }
 
@@ -484,12 +509,16 @@ impl StateStore for SqliteStore {
         .map_err(StoreError::from_sqlx)?;
         rows.iter()
             .map(|row| {
-                let publisher: Vec<u8> = row.try_get("publisher_id").map_err(StoreError::Database)?;
+                let publisher: Vec<u8> =
+                    row.try_get("publisher_id").map_err(StoreError::Database)?;
                 let token: Vec<u8> = row.try_get("token_id").map_err(StoreError::Database)?;
-                let request: Option<String> = row.try_get("request_id").map_err(StoreError::Database)?;
+                let request: Option<String> =
+                    row.try_get("request_id").map_err(StoreError::Database)?;
                 let action: String = row.try_get("action").map_err(StoreError::Database)?;
                 Ok(Refusal {
-                    at: Timestamp::from_unix_micros(row.try_get("at").map_err(StoreError::Database)?),
+                    at: Timestamp::from_unix_micros(
+                        row.try_get("at").map_err(StoreError::Database)?,
+                    ),
                     publisher: PublisherId::new(uuid_from(&publisher)?),
                     token: TokenId::new(uuid_from(&token)?),
                     request_id: request.and_then(|r| RequestId::parse(r).ok()),
@@ -517,7 +546,10 @@ impl StateStore for SqliteStore {
         tx.commit().await.map_err(StoreError::from_sqlx)
     }
 
-    async fn views(&self, publications: &[PublicationId]) -> Result<Vec<(PublicationId, u64)>, StoreError> {
+    async fn views(
+        &self,
+        publications: &[PublicationId],
+    ) -> Result<Vec<(PublicationId, u64)>, StoreError> {
         let mut out = Vec::with_capacity(publications.len());
         for publication in publications {
             let views: Option<i64> =
@@ -544,7 +576,10 @@ fn known_action(action: &str) -> &'static str {
 }
 
 impl ScheduleChange {
-    async fn apply_sqlite(&self, tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>) -> Result<(), sqlx::Error> {
+    async fn apply_sqlite(
+        &self,
+        tx: &mut sqlx::Transaction<'_, sqlx::Sqlite>,
+    ) -> Result<(), sqlx::Error> {
         match *self {
             ScheduleChange::Set { id, publish_at } => {
                 sqlx::query(

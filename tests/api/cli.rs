@@ -1,0 +1,112 @@
+//! The command line, run as the operator runs it.
+
+use std::process::Command;
+
+use crate::helpers::{database_url, notice, spawn_app};
+
+fn panneau(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_panneau"))
+        .args(args)
+        .env("PANNEAU_DATABASE_URL", database_url(dir))
+        .env_remove("PANNEAU_CONFIG")
+        .output()
+        .expect("the panneau binary runs")
+}
+
+#[tokio::test]
+async fn publisher_create_prints_a_token_once_that_publishes() {
+    let app = spawn_app().await;
+    let out = panneau(
+        app.dir.path(),
+        &[
+            "publisher",
+            "create",
+            "--name",
+            "Mairie de Rennes",
+            "--commune",
+            "35238",
+            "--commune",
+            "35051",
+            "--role",
+            "editor",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let token = String::from_utf8(out.stdout).unwrap().trim().to_owned();
+    assert!(
+        token.starts_with("pnn_") && !token.contains(char::is_whitespace),
+        "stdout is the token alone"
+    );
+    assert!(
+        !String::from_utf8_lossy(&out.stderr).contains(&token),
+        "the token is printed once"
+    );
+    let id = app.publish_ok(&token, &notice(&["35238", "35051"])).await;
+    assert!(!id.is_empty());
+
+    // The database holds only a hash of it.
+    let raw = std::fs::read(app.db_path()).unwrap();
+    assert!(!raw.windows(token.len()).any(|w| w == token.as_bytes()));
+
+    let list = panneau(app.dir.path(), &["publisher", "list"]);
+    let listing = String::from_utf8(list.stdout).unwrap();
+    assert!(listing.contains("Mairie de Rennes") && listing.contains("communes 35051,35238"));
+    assert!(!listing.contains(&token));
+    let publisher_id = listing.split('\t').next().unwrap().to_owned();
+
+    let revoke = panneau(app.dir.path(), &["publisher", "revoke", &publisher_id]);
+    assert!(revoke.status.success());
+    assert_eq!(app.publish(&token, &notice(&["35238"])).await.status(), 401);
+}
+
+#[tokio::test]
+async fn publisher_create_refuses_an_unknown_commune_or_no_scope() {
+    let app = spawn_app().await;
+    let unknown = panneau(
+        app.dir.path(),
+        &["publisher", "create", "--name", "X", "--commune", "35999"],
+    );
+    assert!(!unknown.status.success());
+    assert!(String::from_utf8_lossy(&unknown.stderr).contains("35999"));
+    let none = panneau(app.dir.path(), &["publisher", "create", "--name", "X"]);
+    assert!(!none.status.success());
+    let prefecture = panneau(
+        app.dir.path(),
+        &[
+            "publisher",
+            "create",
+            "--name",
+            "Préfecture",
+            "--department",
+            "35",
+            "--role",
+            "admin",
+        ],
+    );
+    assert!(prefecture.status.success());
+}
+
+#[test]
+fn check_config_names_the_setting_at_fault() {
+    let ok = Command::new(env!("CARGO_BIN_EXE_panneau"))
+        .arg("check-config")
+        .env_remove("PANNEAU_DATABASE_URL")
+        .output()
+        .unwrap();
+    assert!(ok.status.success());
+    let bad = Command::new(env!("CARGO_BIN_EXE_panneau"))
+        .arg("check-config")
+        .env("PANNEAU_HTTP_ADDR", "not-an-address")
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr)
+            .to_lowercase()
+            .contains("http_addr")
+    );
+}

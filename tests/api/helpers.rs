@@ -1,0 +1,343 @@
+//! Test harness: every test gets its own instance, database and random ports.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::Duration;
+
+use panneau::api::publisher::token_hash;
+use panneau::app::Application;
+use panneau::config::Config;
+use panneau::store::sqlite::SqliteStore;
+use panneau::store::{NewToken, StateStore};
+use panneau_domain::{DepartmentCode, InseeCode, Role, Scope};
+use reqwest::header::HeaderMap;
+use serde_json::{Value, json};
+use tokio::sync::oneshot;
+use tokio::task::JoinHandle;
+
+static TRACING: Once = Once::new();
+
+/// Logs are quiet unless `TEST_LOG` is set (to a filter such as `debug`).
+fn init_tracing() {
+    TRACING.call_once(|| {
+        if let Ok(level) = std::env::var("TEST_LOG") {
+            panneau::telemetry::init(panneau::config::LogFormat::Text, &level);
+        }
+    });
+}
+
+pub struct TestApp {
+    pub address: String,
+    pub ops_address: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    stop: Option<oneshot::Sender<()>>,
+    server: Option<JoinHandle<anyhow::Result<()>>>,
+}
+
+pub fn database_url(dir: &Path) -> String {
+    format!("sqlite://{}", dir.join("panneau.db").display())
+}
+
+fn config_for(dir: &Path) -> Config {
+    let mut config = Config::defaults();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.ops_addr = "127.0.0.1:0".parse().unwrap();
+    config.database_url = Some(database_url(dir).into());
+    config
+}
+
+async fn start(
+    config: Config,
+) -> (
+    SocketAddr,
+    SocketAddr,
+    oneshot::Sender<()>,
+    JoinHandle<anyhow::Result<()>>,
+) {
+    let app = Application::build(config)
+        .await
+        .expect("the application builds");
+    let (http, ops) = (app.http_addr(), app.ops_addr());
+    let (stop, stopped) = oneshot::channel::<()>();
+    let server = tokio::spawn(app.run_until_stopped(async {
+        let _ = stopped.await;
+    }));
+    (http, ops, stop, server)
+}
+
+/// A fresh embedded instance on random ports with its own database.
+pub async fn spawn_app() -> TestApp {
+    init_tracing();
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let (http, ops, stop, server) = start(config_for(dir.path())).await;
+    TestApp {
+        address: format!("http://{http}"),
+        ops_address: format!("http://{ops}"),
+        client: reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .unwrap(),
+        dir,
+        stop: Some(stop),
+        server: Some(server),
+    }
+}
+
+impl TestApp {
+    pub fn db_path(&self) -> PathBuf {
+        self.dir.path().join("panneau.db")
+    }
+
+    /// Stops the instance (graceful shutdown) and starts a new one on the same database.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let (http, ops, stop, server) = start(config_for(self.dir.path())).await;
+        self.address = format!("http://{http}");
+        self.ops_address = format!("http://{ops}");
+        self.stop = Some(stop);
+        self.server = Some(server);
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(server) = self.server.take() {
+            server
+                .await
+                .expect("the server task")
+                .expect("the server stops cleanly");
+        }
+    }
+
+    /// Creates a publisher with one token, as `panneau publisher create` does.
+    pub async fn publisher(&self, name: &str, scope: Scope, role: Role) -> String {
+        let store = SqliteStore::connect(&database_url(self.dir.path()))
+            .await
+            .unwrap();
+        let token = format!("pnn_test_{}", uuid::Uuid::now_v7().simple());
+        let new = NewToken {
+            hash: token_hash(&token),
+            role,
+            scope,
+        };
+        store
+            .create_publisher(name, &new, panneau::now())
+            .await
+            .unwrap();
+        store.close().await;
+        token
+    }
+
+    /// One publisher with one token per role given, in that order.
+    pub async fn colleagues(&self, scope: Scope, roles: &[Role]) -> Vec<String> {
+        let store = SqliteStore::connect(&database_url(self.dir.path()))
+            .await
+            .unwrap();
+        let mut tokens = Vec::new();
+        let mut publisher = None;
+        for role in roles {
+            let token = format!("pnn_test_{}", uuid::Uuid::now_v7().simple());
+            let new = NewToken {
+                hash: token_hash(&token),
+                role: *role,
+                scope: scope.clone(),
+            };
+            match publisher {
+                None => {
+                    publisher = Some(
+                        store
+                            .create_publisher("Mairie", &new, panneau::now())
+                            .await
+                            .unwrap()
+                            .0,
+                    )
+                }
+                Some(p) => {
+                    store
+                        .add_token(p, &new, panneau::now())
+                        .await
+                        .unwrap()
+                        .unwrap();
+                }
+            }
+            tokens.push(token);
+        }
+        store.close().await;
+        tokens
+    }
+
+    /// A town hall allowed to publish to Rennes (35238) and Cesson-Sévigné (35051).
+    pub async fn town_hall(&self) -> String {
+        self.publisher(
+            "Mairie de Rennes",
+            communes(&["35238", "35051"]),
+            Role::Editor,
+        )
+        .await
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.address)
+    }
+
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+
+    pub async fn get_with(&self, path: &str, headers: &[(&str, &str)]) -> reqwest::Response {
+        let mut request = self.client.get(self.url(path));
+        for (name, value) in headers {
+            request = request.header(*name, *value);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn publish(&self, token: &str, body: &Value) -> reqwest::Response {
+        self.client
+            .post(self.url("/v1/publications"))
+            .bearer_auth(token)
+            .json(body)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Publishes and returns the new id, asserting 201.
+    pub async fn publish_ok(&self, token: &str, body: &Value) -> String {
+        let response = self.publish(token, body).await;
+        assert_eq!(response.status(), 201, "{}", response.text().await.unwrap());
+        response.json::<Value>().await.unwrap()["id"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn amend(
+        &self,
+        token: &str,
+        id: &str,
+        if_match: Option<&str>,
+        body: &Value,
+    ) -> reqwest::Response {
+        let mut request = self
+            .client
+            .patch(self.url(&format!("/v1/publications/{id}")))
+            .bearer_auth(token)
+            .json(body);
+        if let Some(version) = if_match {
+            request = request.header("If-Match", version);
+        }
+        request.send().await.unwrap()
+    }
+
+    pub async fn retract(&self, token: &str, id: &str) -> reqwest::Response {
+        self.client
+            .delete(self.url(&format!("/v1/publications/{id}")))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// The ids in a commune's feed (first page), in order.
+    pub async fn feed_ids(&self, commune: &str) -> Vec<String> {
+        let response = self.get(&format!("/v1/communes/{commune}/feed")).await;
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        body["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    /// Polls until `check` holds or `timeout` passes.
+    pub async fn eventually<F, Fut>(&self, timeout: Duration, mut check: F) -> bool
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = bool>,
+    {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            if check().await {
+                return true;
+            }
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(server) = self.server.take() {
+            server.abort();
+        }
+    }
+}
+
+pub fn communes(codes: &[&str]) -> Scope {
+    Scope::Communes(codes.iter().map(|c| InseeCode::parse(c).unwrap()).collect())
+}
+
+pub fn departments(codes: &[&str]) -> Scope {
+    Scope::Departments(
+        codes
+            .iter()
+            .map(|c| DepartmentCode::parse(c).unwrap())
+            .collect(),
+    )
+}
+
+/// A valid publication body for the given communes.
+pub fn notice(communes: &[&str]) -> Value {
+    json!({
+        "communes": communes,
+        "title": "Coupure d'eau rue des Lilas",
+        "body": "Travaux sur le réseau d'eau potable mardi de 8 h à 12 h.\nMerci de votre compréhension.",
+        "category": "roadworks",
+        "priority": "normal",
+        "notify": true
+    })
+}
+
+/// Asserts a problem+json answer with this status, and returns its body.
+pub async fn assert_problem(response: reqwest::Response, status: u16) -> Value {
+    assert_eq!(response.status(), status, "unexpected status");
+    let headers: HeaderMap = response.headers().clone();
+    assert_eq!(
+        headers.get("content-type").and_then(|v| v.to_str().ok()),
+        Some("application/problem+json")
+    );
+    assert!(headers.contains_key("x-request-id"));
+    let body: Value = response.json().await.unwrap();
+    assert_eq!(body["status"], status);
+    assert!(
+        body["type"]
+            .as_str()
+            .unwrap()
+            .starts_with("urn:panneau:problem:")
+    );
+    assert!(body["title"].is_string());
+    assert!(body["detail"].is_string());
+    body
+}
+
+/// The field names of a validation problem.
+pub fn fields(problem: &Value) -> Vec<String> {
+    problem["errors"]
+        .as_array()
+        .map(|errors| {
+            errors
+                .iter()
+                .map(|e| e["field"].as_str().unwrap().to_owned())
+                .collect()
+        })
+        .unwrap_or_default()
+}

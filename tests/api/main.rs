@@ -1,0 +1,10 @@
+//! The one integration-test binary: the API and the CLI driven from outside,
+//! against a real instance with its own database per test.
+
+mod bad_input;
+mod cli;
+mod communes;
+mod helpers;
+mod ops;
+mod publishing;
+mod reading;
