@@ -113,7 +113,7 @@ pub fn known_commune(app: &AppState, code: &str) -> Result<InseeCode, ApiError> 
 /// One commune.
 #[utoipa::path(
     get, path = "/v1/communes/{code}", tag = "public",
-    params(("code" = String, Path, description = "INSEE code", example = "35238")),
+    params(("code" = String, Path, pattern = "^([0-9]{5}|2[AB][0-9]{3})$", description = "INSEE code", example = "35238")),
     responses(
         (status = 200, description = "The commune", body = CommuneView),
         (status = 400, description = "Malformed code", body = ProblemBody, content_type = "application/problem+json"),
@@ -139,7 +139,7 @@ pub struct FeedQuery {
 /// A commune's feed: urgent alerts first, then newest first, visible now.
 #[utoipa::path(
     get, path = "/v1/communes/{code}/feed", tag = "public",
-    params(("code" = String, Path, description = "INSEE code", example = "35238"), FeedQuery),
+    params(("code" = String, Path, pattern = "^([0-9]{5}|2[AB][0-9]{3})$", description = "INSEE code", example = "35238"), FeedQuery),
     responses(
         (status = 200, description = "The feed (compressed when asked)", body = panneau_projections::render::FeedPageView,
             headers(("ETag" = String), ("Cache-Control" = String), ("Vary" = String))),
@@ -180,7 +180,7 @@ pub async fn get_feed(
 /// A publication.
 #[utoipa::path(
     get, path = "/v1/publications/{id}", tag = "public",
-    params(("id" = String, Path, format = Uuid, description = "Publication id (UUIDv7)")),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "Publication id (UUIDv7)")),
     responses(
         (status = 200, description = "The publication", body = panneau_projections::PublicationView,
             headers(("ETag" = String), ("Cache-Control" = String), ("Vary" = String))),
@@ -215,7 +215,7 @@ pub fn parse_publication_id(text: &str) -> Result<PublicationId, ApiError> {
 /// Count a view ("read for more than 3 s").
 #[utoipa::path(
     post, path = "/v1/publications/{id}/views", tag = "public",
-    params(("id" = String, Path, format = Uuid)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "Publication id (UUIDv7)")),
     responses(
         (status = 202, description = "Counted (eventually)"),
         (status = 400, description = "Malformed id", body = ProblemBody, content_type = "application/problem+json"),

@@ -128,6 +128,12 @@ pub enum CategoryDoc {
     weather,
 }
 
+/// Documentation shape of an INSEE commune code.
+#[derive(Debug, utoipa::ToSchema)]
+#[schema(as = InseeCode, value_type = String, pattern = "^([0-9]{5}|2[AB][0-9]{3})$", example = "35238")]
+#[allow(dead_code)]
+pub struct InseeCodeDoc(String);
+
 /// Documentation shape of the priority enumeration.
 #[derive(Debug, utoipa::ToSchema)]
 #[schema(as = Priority)]
@@ -142,7 +148,7 @@ pub enum PriorityDoc {
 #[serde(deny_unknown_fields)]
 pub struct PublishRequest {
     /// INSEE codes of the communes it is for (up to a whole department).
-    #[schema(value_type = Vec<String>, min_items = 1, max_items = 1000, example = json!(["35238", "35047"]))]
+    #[schema(value_type = Vec<InseeCodeDoc>, min_items = 1, max_items = 1000, example = json!(["35238", "35047"]))]
     communes: CommuneSet,
     #[schema(value_type = String, min_length = 1, max_length = 140, example = "Coupure d'eau rue des Lilas")]
     title: Title,
@@ -172,7 +178,7 @@ pub struct PublishRequest {
 #[serde(deny_unknown_fields)]
 pub struct AmendRequest {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = Option<Vec<String>>, min_items = 1, max_items = 1000)]
+    #[schema(value_type = Option<Vec<InseeCodeDoc>>, min_items = 1, max_items = 1000)]
     communes: Option<CommuneSet>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = Option<String>, min_length = 1, max_length = 140)]
@@ -421,7 +427,7 @@ pub async fn publish(
 /// Change some fields of a publication.
 #[utoipa::path(
     patch, path = "/v1/publications/{id}", tag = "publisher", request_body = AmendRequest,
-    params(("id" = String, Path, format = Uuid), ("If-Match" = String, Header, description = "The version being changed, e.g. \"1\"")),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "Publication id (UUIDv7)"), ("If-Match" = String, Header, description = "The version being changed, e.g. \"1\"")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "Amended", body = Accepted, headers(("ETag" = String))),
@@ -498,7 +504,7 @@ pub async fn amend(
 /// Retract a publication: it leaves every feed.
 #[utoipa::path(
     delete, path = "/v1/publications/{id}", tag = "publisher",
-    params(("id" = String, Path, format = Uuid), ("If-Match" = Option<String>, Header, description = "Optional: the version being retracted")),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "Publication id (UUIDv7)"), ("If-Match" = Option<String>, Header, description = "Optional: the version being retracted")),
     security(("bearer" = [])),
     responses(
         (status = 204, description = "Retracted"),
@@ -621,7 +627,7 @@ fn event_data(event: &PublicationEvent) -> serde_json::Value {
 /// The ordered events of a publication, with who did what and when.
 #[utoipa::path(
     get, path = "/v1/publications/{id}/history", tag = "publisher",
-    params(("id" = String, Path, format = Uuid)),
+    params(("id" = String, Path, pattern = "^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$", description = "Publication id (UUIDv7)")),
     security(("bearer" = [])),
     responses(
         (status = 200, description = "The audit trail", body = History),
