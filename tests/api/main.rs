@@ -8,3 +8,4 @@ mod helpers;
 mod ops;
 mod publishing;
 mod reading;
+mod store;

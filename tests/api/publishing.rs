@@ -499,3 +499,18 @@ async fn the_publisher_sees_its_own_publications_with_their_figures() {
         "views are counted per publication, for its publisher only"
     );
 }
+
+#[tokio::test]
+async fn concurrent_amendments_of_one_version_let_exactly_one_through() {
+    let app = spawn_app().await;
+    let token = app.town_hall().await;
+    let id = app.publish_ok(&token, &notice(&["35238"])).await;
+    let (first, second) = (json!({"title": "Premier"}), json!({"title": "Second"}));
+    let (a, b) = tokio::join!(
+        app.amend(&token, &id, Some("\"1\""), &first),
+        app.amend(&token, &id, Some("\"1\""), &second)
+    );
+    let mut statuses = [a.status().as_u16(), b.status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 412]);
+}

@@ -353,13 +353,14 @@ fn stream(n: u16) -> impl Strategy<Value = Vec<Envelope<PublicationEvent>>> {
 
 /// Several streams, merged in a random interleaving (each stream's own order kept),
 /// with random redeliveries of already-delivered events.
-fn histories() -> impl Strategy<
-    Value = (
-        Vec<Vec<Envelope<PublicationEvent>>>,
-        Vec<usize>,
-        Vec<(usize, usize)>,
-    ),
-> {
+/// Streams, the order to pick from them, and redeliveries to add.
+type History = (
+    Vec<Vec<Envelope<PublicationEvent>>>,
+    Vec<usize>,
+    Vec<(usize, usize)>,
+);
+
+fn histories() -> impl Strategy<Value = History> {
     proptest::collection::vec(any::<u16>(), 1..5)
         .prop_flat_map(|ids| {
             let streams: Vec<_> = ids

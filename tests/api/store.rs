@@ -1,0 +1,176 @@
+//! The event store contract, checked against each implementation.
+
+use futures_util::StreamExt;
+use panneau::store::sqlite::SqliteStore;
+use panneau::store::{Append, EventStore, IdempotencyRecord, StoreError};
+use panneau_domain::{
+    Actor, Attachments, Body, Category, CommuneSet, Content, Envelope, EventId, InseeCode,
+    Priority, PublicationEvent, PublicationId, PublicationPublished, PublicationRetracted,
+    PublisherId, StreamId, Title, TokenId, VisibilityWindow,
+};
+use uuid::Uuid;
+
+fn published(id: PublicationId) -> PublicationEvent {
+    PublicationEvent::Published(PublicationPublished {
+        id,
+        publisher: PublisherId::new(Uuid::from_u128(1)),
+        author: TokenId::new(Uuid::from_u128(2)),
+        content: Content {
+            communes: CommuneSet::new(vec![InseeCode::parse("35238").unwrap()]).unwrap(),
+            title: Title::parse("Titre").unwrap(),
+            body: Body::parse("Texte").unwrap(),
+            category: Category::Info,
+            priority: Priority::Normal,
+            window: VisibilityWindow::default(),
+            attachments: Attachments::default(),
+        },
+        notify: true,
+        published_at: panneau::now(),
+    })
+}
+
+fn envelope(
+    id: PublicationId,
+    version: u64,
+    payload: PublicationEvent,
+) -> Envelope<PublicationEvent> {
+    Envelope {
+        event_id: EventId::new(Uuid::now_v7()),
+        stream_id: StreamId::publication(id),
+        stream_version: version,
+        event_type: payload.event_type(),
+        schema_version: payload.schema_version(),
+        occurred_at: panneau::now(),
+        recorded_at: panneau::now(),
+        actor: Actor::System {
+            component: "test".into(),
+        },
+        request_id: None,
+        payload,
+    }
+}
+
+fn append(id: PublicationId, expected: u64, events: Vec<Envelope<PublicationEvent>>) -> Append {
+    Append {
+        stream: StreamId::publication(id),
+        expected_version: expected,
+        events,
+        owner: Some(PublisherId::new(Uuid::from_u128(1))),
+        idempotency: None,
+    }
+}
+
+fn new_id() -> PublicationId {
+    PublicationId::new(Uuid::now_v7()).unwrap()
+}
+
+/// The contract every event store keeps.
+pub async fn event_store_contract(store: &dyn EventStore) {
+    // Two writers that read version 1 both try version 2: exactly one wins.
+    let id = new_id();
+    store
+        .append(append(id, 0, vec![envelope(id, 1, published(id))]))
+        .await
+        .unwrap();
+    let retract = |v| {
+        envelope(
+            id,
+            v,
+            PublicationEvent::Retracted(PublicationRetracted {
+                id,
+                at: panneau::now(),
+            }),
+        )
+    };
+    let (a, b) = tokio::join!(
+        store.append(append(id, 1, vec![retract(2)])),
+        store.append(append(id, 1, vec![retract(2)]))
+    );
+    let outcomes = [a.is_ok(), b.is_ok()];
+    assert_eq!(
+        outcomes.iter().filter(|ok| **ok).count(),
+        1,
+        "one writer wins"
+    );
+    assert!(matches!(
+        a.err().or(b.err()),
+        Some(StoreError::VersionConflict)
+    ));
+
+    // Re-sending an append that did commit (same event ids) is a success, not a conflict.
+    let id2 = new_id();
+    let first = append(id2, 0, vec![envelope(id2, 1, published(id2))]);
+    let recorded = store.append(first.clone()).await.unwrap();
+    let again = store.append(first).await.unwrap();
+    assert_eq!(again, recorded);
+
+    // The idempotency record commits with the events, and a second use is reported.
+    let id3 = new_id();
+    let record = IdempotencyRecord {
+        publisher: PublisherId::new(Uuid::from_u128(1)),
+        key: format!("key-{id3}"),
+        request_hash: [7; 32],
+        stream: StreamId::publication(id3),
+        status: 201,
+        response: b"{}".to_vec(),
+        created_at: panneau::now(),
+    };
+    let mut with_key = append(id3, 0, vec![envelope(id3, 1, published(id3))]);
+    with_key.idempotency = Some(record.clone());
+    store.append(with_key).await.unwrap();
+    let id4 = new_id();
+    let mut reused = append(id4, 0, vec![envelope(id4, 1, published(id4))]);
+    reused.idempotency = Some(IdempotencyRecord {
+        stream: StreamId::publication(id4),
+        ..record.clone()
+    });
+    match store.append(reused).await {
+        Err(StoreError::IdempotencyKeyUsed(existing)) => assert_eq!(existing.request_hash, [7; 32]),
+        other => panic!("expected IdempotencyKeyUsed, got {other:?}"),
+    }
+    assert!(
+        store
+            .read_stream(&StreamId::publication(id4))
+            .await
+            .unwrap()
+            .is_empty(),
+        "nothing of the refused append was written"
+    );
+
+    // Streams read back in version order; the whole log streams in position order.
+    let stream = store.read_stream(&StreamId::publication(id)).await.unwrap();
+    assert_eq!(
+        stream
+            .iter()
+            .map(|e| e.envelope.stream_version)
+            .collect::<Vec<_>>(),
+        [1, 2]
+    );
+    let all: Vec<_> = store.read_after(0).map(|e| e.unwrap()).collect().await;
+    assert_eq!(all.len(), 4);
+    assert!(all.windows(2).all(|w| w[0].position < w[1].position));
+    let tail: Vec<_> = store
+        .read_after(all[1].position)
+        .map(|e| e.unwrap())
+        .collect()
+        .await;
+    assert_eq!(tail.len(), 2);
+    assert_eq!(
+        store
+            .publications_of(PublisherId::new(Uuid::from_u128(1)), 10)
+            .await
+            .unwrap()
+            .len(),
+        3
+    );
+}
+
+#[tokio::test]
+async fn the_sqlite_store_keeps_the_event_store_contract() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteStore::connect(&crate::helpers::database_url(dir.path()))
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    event_store_contract(&store).await;
+}
