@@ -1,13 +1,14 @@
 //! Building and running one Panneau instance: `Application::build(config)` wires
-//! the stores, projector, cache and listeners; `run_until_stopped(shutdown)`
-//! serves until the shutdown future resolves, then drains.
+//! the stores, projectors, cache and listeners of the configured mode;
+//! `run_until_stopped(shutdown)` serves until the shutdown future resolves, then
+//! drains.
 
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use panneau_projections::Communes;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -15,12 +16,14 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, CachePolicy};
 use crate::bus::LocalBus;
+use crate::bus::jetstream::{self, Relay, RelayNudge};
 use crate::commands::CommandHandler;
 use crate::config::{Config, Mode};
 use crate::health::{Dependency, Health};
 use crate::readmodel::cache::FeedCache;
+use crate::readmodel::kv::KvFeedStore;
 use crate::readmodel::{FeedStore, MemoryFeedStore};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::{PoolSettings, SqlStore};
 use crate::store::{EventStore, StateStore};
 use crate::{projector, scheduler};
 
@@ -32,16 +35,18 @@ pub static COMMUNES: LazyLock<Arc<Communes>> = LazyLock::new(|| {
     )
 });
 
+type Tasks = Vec<(&'static str, JoinHandle<()>)>;
+
 /// A built instance, listeners bound, background tasks running.
 pub struct Application {
     http: TcpListener,
     ops: TcpListener,
     router: axum::Router,
     ops_router: axum::Router,
-    tasks: Vec<(&'static str, JoinHandle<()>)>,
+    tasks: Tasks,
     stop_tasks: CancellationToken,
     shutdown_timeout: Duration,
-    sqlite: Option<SqliteStore>,
+    store: SqlStore,
 }
 
 impl std::fmt::Debug for Application {
@@ -53,66 +58,136 @@ impl std::fmt::Debug for Application {
     }
 }
 
+/// What a mode provides to the common part of an instance.
+struct Backend {
+    store: SqlStore,
+    feeds: Arc<dyn FeedStore>,
+    nats: Option<async_nats::Client>,
+}
+
+/// Opens the SQL store and applies migrations. A MariaDB that cannot be reached
+/// does not stop the instance: it serves reads and answers commands with 503
+/// until the database returns.
+async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    let url = config.database_url();
+    let settings = PoolSettings {
+        max_connections: config.database_max_connections,
+        acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
+    };
+    let store = SqlStore::connect(&url, &settings)
+        .await
+        .context("cannot open the database (PANNEAU_DATABASE_URL)")?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match store.migrate().await {
+            Ok(()) => return Ok(store),
+            Err(error) if error.is_unavailable() && matches!(config.mode(), Mode::Cluster) => {
+                tracing::warn!(error = %error, "the database cannot be reached at start; serving reads, commands get 503");
+                return Ok(store);
+            }
+            // Instances starting together may race on the migrations table.
+            Err(error) if attempts < 3 => {
+                tracing::warn!(error = %error, "migration failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(error) => return Err(error).context("cannot migrate the database"),
+        }
+    }
+}
+
 impl Application {
     /// # Errors
-    /// When a store cannot be opened or a listener cannot be bound.
+    /// When a store cannot be opened, NATS is unreachable or too old, or a
+    /// listener cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        let Mode::Embedded { sqlite_url } = config.mode() else {
-            bail!(
-                "cluster mode (a MariaDB PANNEAU_DATABASE_URL) is not available in this build yet"
-            );
-        };
         let communes = COMMUNES.clone();
         let health = Arc::new(Health::default());
         let stop_tasks = CancellationToken::new();
-        let bus = LocalBus::new(4096);
-        let sqlite = SqliteStore::connect(&sqlite_url)
-            .await
-            .with_context(|| format!("cannot open the embedded database {sqlite_url}"))?;
-        sqlite
-            .migrate()
-            .await
-            .context("cannot migrate the embedded database")?;
-        let sqlite = sqlite.with_commit_hook(Arc::new(bus.clone()));
-        let log: Arc<dyn EventStore> = Arc::new(sqlite.clone());
-        let state: Arc<dyn StateStore> = Arc::new(sqlite.clone());
-        let feeds = Arc::new(MemoryFeedStore::default());
+        let mut tasks: Tasks = Vec::new();
+
+        let backend = match config.mode() {
+            Mode::Embedded { .. } => {
+                let bus = LocalBus::new(4096);
+                let store = open_store(&config)
+                    .await?
+                    .with_commit_hook(Arc::new(bus.clone()));
+                let feeds = Arc::new(MemoryFeedStore::default());
+                // Subscribe before reading the log so that nothing committed in between is missed.
+                let committed = bus.subscribe();
+                let log: Arc<dyn EventStore> = Arc::new(store.clone());
+                let position = projector::catch_up(log.as_ref(), feeds.as_ref(), 0)
+                    .await
+                    .context("cannot rebuild the feeds from the event log")?;
+                tracing::info!(
+                    position,
+                    documents = feeds.len(),
+                    "feeds rebuilt from the event log"
+                );
+                let feed_store: Arc<dyn FeedStore> = feeds.clone();
+                tasks.push((
+                    "feed projector",
+                    tokio::spawn(projector::run_embedded(
+                        log,
+                        feed_store,
+                        committed,
+                        position,
+                        stop_tasks.clone(),
+                    )),
+                ));
+                Backend {
+                    store,
+                    feeds,
+                    nats: None,
+                }
+            }
+            Mode::Cluster => {
+                let nudge = Arc::new(RelayNudge::default());
+                let store = open_store(&config).await?.with_commit_hook(nudge.clone());
+                let nats_url = config
+                    .nats_url
+                    .as_deref()
+                    .context("PANNEAU_NATS_URL is required in cluster mode")?;
+                let client = jetstream::connect(nats_url).await?;
+                let js = async_nats::jetstream::new(client.clone());
+                let topology = jetstream::ensure_topology(&js, config.nats_replicas).await?;
+                let feeds: Arc<dyn FeedStore> = Arc::new(KvFeedStore::new(topology.feeds));
+                tasks.push((
+                    "feed projector",
+                    tokio::spawn(jetstream::run_feed_projector(
+                        topology.feed_consumer,
+                        feeds.clone(),
+                        stop_tasks.clone(),
+                    )),
+                ));
+                let relay = Relay {
+                    store: store.clone(),
+                    js,
+                    nudge,
+                };
+                tasks.push(("outbox relay", tokio::spawn(relay.run(stop_tasks.clone()))));
+                Backend {
+                    store,
+                    feeds,
+                    nats: Some(client),
+                }
+            }
+        };
+
+        let Backend { store, feeds, nats } = backend;
+        let log: Arc<dyn EventStore> = Arc::new(store.clone());
+        let state: Arc<dyn StateStore> = Arc::new(store.clone());
         let cache = Arc::new(FeedCache::new(
             feeds.clone(),
             communes.clone(),
             config.feed_cache_bytes,
         ));
-
-        // Subscribe before reading the log so that nothing committed in between is missed.
-        let committed = bus.subscribe();
-        let position = projector::catch_up(log.as_ref(), feeds.as_ref(), 0)
-            .await
-            .context("cannot rebuild the feeds from the event log")?;
-        tracing::info!(
-            position,
-            documents = feeds.len(),
-            "feeds rebuilt from the event log"
-        );
-        health.set_read_model(Dependency::Up);
-
-        let mut tasks = Vec::new();
-        let changes = feeds.watch();
         let follower = cache.clone();
+        let changes = feeds.watch();
         let token = stop_tasks.clone();
         tasks.push((
             "cache follower",
             tokio::spawn(async move { follower.follow(changes, token).await }),
-        ));
-        let feed_store: Arc<dyn FeedStore> = feeds.clone();
-        tasks.push((
-            "feed projector",
-            tokio::spawn(projector::run_embedded(
-                log.clone(),
-                feed_store,
-                committed,
-                position,
-                stop_tasks.clone(),
-            )),
         ));
         let commands = CommandHandler::new(log.clone());
         tasks.push((
@@ -128,6 +203,16 @@ impl Application {
             "view counter",
             tokio::spawn(views.clone().run(state.clone(), stop_tasks.clone())),
         ));
+        tasks.push((
+            "health monitor",
+            tokio::spawn(monitor_health(
+                health.clone(),
+                store.clone(),
+                nats,
+                stop_tasks.clone(),
+            )),
+        ));
+        health.set_read_model(Dependency::Up);
 
         let app_state = AppState {
             cache: cache.clone(),
@@ -157,7 +242,7 @@ impl Application {
             tasks,
             stop_tasks,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
-            sqlite: Some(sqlite),
+            store,
         })
     }
 
@@ -217,10 +302,43 @@ impl Application {
             Ok(result) => result?,
             Err(_) => tracing::warn!("shutdown timed out; stopping anyway"),
         }
-        if let Some(sqlite) = self.sqlite {
-            sqlite.close().await;
-        }
+        self.store.close().await;
         Ok(())
+    }
+}
+
+/// Keeps `/readyz` honest: pings the database and reads the broker connection
+/// state every second.
+async fn monitor_health(
+    health: Arc<Health>,
+    store: SqlStore,
+    nats: Option<async_nats::Client>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let database = match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
+            Ok(true) => Dependency::Up,
+            _ => Dependency::Down,
+        };
+        health.set_database(database);
+        if let Some(client) = &nats {
+            let connected = client.connection_state() == async_nats::connection::State::Connected;
+            health.set_bus(if connected {
+                Dependency::Up
+            } else {
+                Dependency::Down
+            });
+            // Without the broker the cache still serves what it holds.
+            health.set_read_model(if connected {
+                Dependency::Up
+            } else {
+                Dependency::Degraded
+            });
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_secs(1)) => {}
+        }
     }
 }
 

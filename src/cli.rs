@@ -12,7 +12,7 @@ use secrecy::ExposeSecret;
 use crate::api::publisher::token_hash;
 use crate::app::COMMUNES;
 use crate::config::{Config, Mode};
-use crate::store::sqlite::SqliteStore;
+use crate::store::sql::{PoolSettings, SqlStore};
 use crate::store::{NewToken, StateStore};
 
 #[derive(Debug, Parser)]
@@ -131,20 +131,15 @@ fn new_token() -> anyhow::Result<String> {
     ))
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<SqliteStore> {
-    match config.mode() {
-        Mode::Embedded { sqlite_url } => {
-            let store = SqliteStore::connect(&sqlite_url)
-                .await
-                .with_context(|| format!("cannot open {sqlite_url}"))?;
-            store
-                .migrate()
-                .await
-                .context("cannot migrate the database")?;
-            Ok(store)
-        }
-        Mode::Cluster => bail!("cluster mode is not available in this build yet"),
-    }
+async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
+    let store = SqlStore::connect(&config.database_url(), &PoolSettings::default())
+        .await
+        .context("cannot open the database (PANNEAU_DATABASE_URL)")?;
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok(store)
 }
 
 /// Runs `panneau migrate`.

@@ -32,6 +32,12 @@ pub struct Config {
     pub database_url: Option<SecretString>,
     /// `nats://…`: cluster mode's broker.
     pub nats_url: Option<String>,
+    /// Replicas of the JetStream stream and KV bucket: 1 alone, 3 in a cluster.
+    pub nats_replicas: usize,
+    /// Connections to MariaDB per instance (cluster mode).
+    pub database_max_connections: u32,
+    /// How long a command waits for a database connection before answering 503.
+    pub database_acquire_timeout_ms: u64,
     pub log_format: LogFormat,
     /// `tracing` filter, e.g. `info` or `panneau=debug,info`; `RUST_LOG` wins.
     pub log_level: String,
@@ -53,6 +59,9 @@ pub struct Config {
 struct Defaults {
     http_addr: &'static str,
     ops_addr: &'static str,
+    nats_replicas: usize,
+    database_max_connections: u32,
+    database_acquire_timeout_ms: u64,
     log_format: LogFormat,
     log_level: &'static str,
     feed_max_age: u64,
@@ -67,6 +76,9 @@ struct Defaults {
 const DEFAULTS: Defaults = Defaults {
     http_addr: "127.0.0.1:8080",
     ops_addr: "127.0.0.1:9090",
+    nats_replicas: 1,
+    database_max_connections: 16,
+    database_acquire_timeout_ms: 3_000,
     log_format: LogFormat::Auto,
     log_level: "info",
     feed_max_age: 30,
@@ -86,6 +98,16 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://panneau.db";
 pub enum Mode {
     Embedded { sqlite_url: String },
     Cluster,
+}
+
+impl Config {
+    /// The database URL in force (the embedded default when none is set).
+    pub fn database_url(&self) -> String {
+        self.database_url.as_ref().map_or_else(
+            || DEFAULT_DATABASE_URL.to_owned(),
+            |u| u.expose_secret().to_owned(),
+        )
+    }
 }
 
 /// A setting that is missing or wrong, named as the operator writes it.

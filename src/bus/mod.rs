@@ -8,8 +8,10 @@ use std::sync::Arc;
 
 use tokio::sync::broadcast;
 
+pub mod jetstream;
+
 use crate::store::RecordedEvent;
-use crate::store::sqlite::CommitHook;
+use crate::store::sql::CommitHook;
 
 /// The in-process bus of the embedded mode.
 #[derive(Debug, Clone)]

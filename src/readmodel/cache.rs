@@ -1,7 +1,7 @@
 //! Rendered feeds and publications, held in moka, ready to be written to a socket.
 //!
 //! A feed is rendered once per change to its document: JSON, gzip and brotli,
-//! with an ETag. An entry expires exactly when its feed next changes by time (a
+//! with an ETag. An entry is fresh until its feed next changes by time (a
 //! `visible_from` or `visible_until` passing), and is re-rendered from the change
 //! feed of the store when its document changes. Concurrent misses for one key
 //! cost one load: loads and refreshes of a key run one at a time, under moka's
@@ -15,7 +15,6 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
-use moka::Expiry;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use panneau_domain::{InseeCode, PublicationId, PublicationState, Status, Timestamp};
@@ -119,53 +118,8 @@ impl PublicationLookup {
     }
 }
 
-/// Expires each entry when its content changes by time.
-struct UntilNextChange;
-
-fn ttl(fresh_until: Option<Instant>, created_at: Instant) -> Option<Duration> {
-    fresh_until.map(|until| until.saturating_duration_since(created_at))
-}
-
-impl Expiry<InseeCode, Arc<Rendered>> for UntilNextChange {
-    fn expire_after_create(
-        &self,
-        _: &InseeCode,
-        value: &Arc<Rendered>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        ttl(value.fresh_until, created_at)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &InseeCode,
-        value: &Arc<Rendered>,
-        updated_at: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        ttl(value.fresh_until, updated_at)
-    }
-}
-
-impl Expiry<PublicationId, Arc<PublicationLookup>> for UntilNextChange {
-    fn expire_after_create(
-        &self,
-        _: &PublicationId,
-        value: &Arc<PublicationLookup>,
-        created_at: Instant,
-    ) -> Option<Duration> {
-        ttl(value.fresh_until(), created_at)
-    }
-
-    fn expire_after_update(
-        &self,
-        _: &PublicationId,
-        value: &Arc<PublicationLookup>,
-        updated_at: Instant,
-        _: Option<Duration>,
-    ) -> Option<Duration> {
-        ttl(value.fresh_until(), updated_at)
-    }
+fn is_fresh(fresh_until: Option<Instant>) -> bool {
+    fresh_until.is_none_or(|until| Instant::now() < until)
 }
 
 /// Counters for the metrics endpoint.
@@ -202,7 +156,6 @@ impl FeedCache {
         let feeds = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_: &InseeCode, v: &Arc<Rendered>| v.weight())
-            .expire_after(UntilNextChange)
             .build();
         let publications = Cache::builder()
             .max_capacity(capacity_bytes / 4)
@@ -212,7 +165,6 @@ impl FeedCache {
                     _ => 64,
                 },
             )
-            .expire_after(UntilNextChange)
             .build();
         Self {
             store,
@@ -229,26 +181,40 @@ impl FeedCache {
 
     /// The first page of a commune's feed, rendered.
     ///
+    /// An entry past its `fresh_until` (the feed changed by time) is rendered
+    /// again from the store; if the store cannot be read, the stale page is
+    /// served rather than nothing.
+    ///
     /// # Errors
     /// `Unavailable` when it is not cached and the store cannot be read.
     pub async fn feed(&self, commune: InseeCode) -> Result<Arc<Rendered>, ReadModelError> {
-        if let Some(hit) = self.feeds.get(&commune).await {
+        let cached = self.feeds.get(&commune).await;
+        if let Some(hit) = &cached
+            && is_fresh(hit.fresh_until)
+        {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+            return Ok(hit.clone());
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let result = self
             .feeds
             .entry(commune)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some() {
+                if existing.is_some_and(|e| is_fresh(e.value().fresh_until)) {
                     return Ok(Op::Nop);
                 }
                 let document = self.load(&feed_key(&commune)).await?;
                 Ok::<_, ReadModelError>(Op::Put(Arc::new(self.render_feed(commune, document)?)))
             })
-            .await?;
-        entry_value(result)
+            .await;
+        match (result, cached) {
+            (Ok(result), _) => entry_value(result),
+            (Err(error), Some(stale)) => {
+                tracing::warn!(error = %error, commune = %commune, "serving a stale feed");
+                Ok(stale)
+            }
+            (Err(error), None) => Err(error),
+        }
     }
 
     /// A later page of a commune's feed (after `cursor`), rendered on demand.
@@ -272,7 +238,8 @@ impl FeedCache {
         Ok(render_page(view, &doc, now(), Some(cursor), PAGE_SIZE).json)
     }
 
-    /// A publication as the public API shows it.
+    /// A publication as the public API shows it (stale rather than nothing when
+    /// the store cannot be read, as for feeds).
     ///
     /// # Errors
     /// `Unavailable` when it is not cached and the store cannot be read.
@@ -280,23 +247,33 @@ impl FeedCache {
         &self,
         id: PublicationId,
     ) -> Result<Arc<PublicationLookup>, ReadModelError> {
-        if let Some(hit) = self.publications.get(&id).await {
+        let cached = self.publications.get(&id).await;
+        if let Some(hit) = &cached
+            && is_fresh(hit.fresh_until())
+        {
             self.counters.hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(hit);
+            return Ok(hit.clone());
         }
         self.counters.misses.fetch_add(1, Ordering::Relaxed);
         let result = self
             .publications
             .entry(id)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some() {
+                if existing.is_some_and(|e| is_fresh(e.value().fresh_until())) {
                     return Ok(Op::Nop);
                 }
                 let document = self.load(&publication_key(&id)).await?;
                 Ok::<_, ReadModelError>(Op::Put(Arc::new(render_publication(document)?)))
             })
-            .await?;
-        entry_value(result)
+            .await;
+        match (result, cached) {
+            (Ok(result), _) => entry_value(result),
+            (Err(error), Some(stale)) => {
+                tracing::warn!(error = %error, publication = %id, "serving a stale publication");
+                Ok(stale)
+            }
+            (Err(error), None) => Err(error),
+        }
     }
 
     async fn load(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {

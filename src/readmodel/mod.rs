@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::codec::CodecError;
 
 pub mod cache;
+pub mod kv;
 
 /// A stored document and its revision (strictly increasing per key).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -14,7 +14,7 @@ use panneau_domain::{
 
 use crate::codec::CodecError;
 
-pub mod sqlite;
+pub mod sql;
 
 /// An event as stored, with its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -99,7 +99,7 @@ impl StoreError {
 /// Database errors that mean "not now" rather than "never": SQLite busy/locked,
 /// MariaDB deadlock/lock wait/Galera certification failure, read-only or
 /// non-primary node, lost connection.
-fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
+pub(crate) fn is_transient(db: &dyn sqlx::error::DatabaseError) -> bool {
     let code = db.code();
     let code = code.as_deref().unwrap_or_default();
     matches!(

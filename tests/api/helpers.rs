@@ -8,7 +8,7 @@ use std::time::Duration;
 use panneau::api::publisher::token_hash;
 use panneau::app::Application;
 use panneau::config::Config;
-use panneau::store::sqlite::SqliteStore;
+use panneau::store::sql::{PoolSettings, SqlStore};
 use panneau::store::{NewToken, StateStore};
 use panneau_domain::{DepartmentCode, InseeCode, Role, Scope};
 use reqwest::header::HeaderMap;
@@ -32,6 +32,9 @@ pub struct TestApp {
     pub ops_address: String,
     pub client: reqwest::Client,
     pub dir: tempfile::TempDir,
+    /// The database this instance uses (SQLite in `dir`, or MariaDB).
+    pub database_url: String,
+    pub nats_url: Option<String>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -40,11 +43,13 @@ pub fn database_url(dir: &Path) -> String {
     format!("sqlite://{}", dir.join("panneau.db").display())
 }
 
-fn config_for(dir: &Path) -> Config {
+fn config_for(database_url: &str, nats_url: Option<&str>) -> Config {
     let mut config = Config::defaults();
     config.http_addr = "127.0.0.1:0".parse().unwrap();
     config.ops_addr = "127.0.0.1:0".parse().unwrap();
-    config.database_url = Some(database_url(dir).into());
+    config.database_url = Some(database_url.to_owned().into());
+    config.nats_url = nats_url.map(str::to_owned);
+    config.database_acquire_timeout_ms = 1_000;
     config
 }
 
@@ -69,10 +74,31 @@ async fn start(
 
 /// A fresh embedded instance on random ports with its own database.
 pub async fn spawn_app() -> TestApp {
-    init_tracing();
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let (http, ops, stop, server) = start(config_for(dir.path())).await;
+    let url = database_url(dir.path());
+    spawn_with(dir, url, None).await
+}
+
+/// A cluster-mode instance on MariaDB and NATS JetStream.
+pub async fn spawn_cluster_app(database_url: &str, nats_url: &str) -> TestApp {
+    spawn_with(
+        tempfile::tempdir().unwrap(),
+        database_url.to_owned(),
+        Some(nats_url.to_owned()),
+    )
+    .await
+}
+
+async fn spawn_with(
+    dir: tempfile::TempDir,
+    database_url: String,
+    nats_url: Option<String>,
+) -> TestApp {
+    init_tracing();
+    let (http, ops, stop, server) = start(config_for(&database_url, nats_url.as_deref())).await;
     TestApp {
+        database_url,
+        nats_url,
         address: format!("http://{http}"),
         ops_address: format!("http://{ops}"),
         client: reqwest::Client::builder()
@@ -93,7 +119,8 @@ impl TestApp {
     /// Stops the instance (graceful shutdown) and starts a new one on the same database.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (http, ops, stop, server) = start(config_for(self.dir.path())).await;
+        let (http, ops, stop, server) =
+            start(config_for(&self.database_url, self.nats_url.as_deref())).await;
         self.address = format!("http://{http}");
         self.ops_address = format!("http://{ops}");
         self.stop = Some(stop);
@@ -114,7 +141,7 @@ impl TestApp {
 
     /// Creates a publisher with one token, as `panneau publisher create` does.
     pub async fn publisher(&self, name: &str, scope: Scope, role: Role) -> String {
-        let store = SqliteStore::connect(&database_url(self.dir.path()))
+        let store = SqlStore::connect(&self.database_url, &PoolSettings::default())
             .await
             .unwrap();
         let token = format!("pnn_test_{}", uuid::Uuid::now_v7().simple());
@@ -133,7 +160,7 @@ impl TestApp {
 
     /// One publisher with one token per role given, in that order.
     pub async fn colleagues(&self, scope: Scope, roles: &[Role]) -> Vec<String> {
-        let store = SqliteStore::connect(&database_url(self.dir.path()))
+        let store = SqlStore::connect(&self.database_url, &PoolSettings::default())
             .await
             .unwrap();
         let mut tokens = Vec::new();

@@ -3,8 +3,10 @@
 
 mod bad_input;
 mod cli;
+mod cluster;
 mod communes;
 mod helpers;
+mod infra;
 mod ops;
 mod publishing;
 mod reading;

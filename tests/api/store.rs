@@ -1,7 +1,7 @@
 //! The event store contract, checked against each implementation.
 
 use futures_util::StreamExt;
-use panneau::store::sqlite::SqliteStore;
+use panneau::store::sql::{PoolSettings, SqlStore};
 use panneau::store::{Append, EventStore, IdempotencyRecord, StoreError};
 use panneau_domain::{
     Actor, Attachments, Body, Category, CommuneSet, Content, Envelope, EventId, InseeCode,
@@ -65,7 +65,7 @@ fn new_id() -> PublicationId {
 }
 
 /// The contract every event store keeps.
-pub async fn event_store_contract(store: &dyn EventStore) {
+pub(crate) async fn event_store_contract(store: &dyn EventStore) {
     // Two writers that read version 1 both try version 2: exactly one wins.
     let id = new_id();
     store
@@ -168,9 +168,12 @@ pub async fn event_store_contract(store: &dyn EventStore) {
 #[tokio::test]
 async fn the_sqlite_store_keeps_the_event_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqliteStore::connect(&crate::helpers::database_url(dir.path()))
-        .await
-        .unwrap();
+    let store = SqlStore::connect(
+        &crate::helpers::database_url(dir.path()),
+        &PoolSettings::default(),
+    )
+    .await
+    .unwrap();
     store.migrate().await.unwrap();
     event_store_contract(&store).await;
 }

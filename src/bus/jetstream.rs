@@ -1,0 +1,413 @@
+//! Cluster mode's transport: NATS JetStream.
+//!
+//! - [`connect`] refuses a server older than 2.12.6 (older servers cannot fsync
+//!   before acknowledging, and 2.9 silently ignores consumer subject filters).
+//! - [`ensure_topology`] creates or updates, idempotently, the stream
+//!   `PANNEAU_EVENTS`, the KV bucket `PANNEAU_FEEDS` and the durable consumers.
+//! - [`Relay`] publishes committed outbox rows with `Nats-Msg-Id = event_id`.
+//! - [`run_feed_projector`] applies the stream to the feed read model.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
+use async_nats::jetstream::kv;
+use async_nats::jetstream::message::AckKind;
+use async_nats::jetstream::stream::{self, StorageType};
+use async_nats::jetstream::{self, Context};
+use futures_util::StreamExt;
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::codec::decode_event;
+use crate::projector::{Outcome, project};
+use crate::readmodel::FeedStore;
+use crate::store::RecordedEvent;
+use crate::store::sql::{CommitHook, OutboxRow, SqlStore};
+
+pub const STREAM: &str = "PANNEAU_EVENTS";
+pub const SUBJECTS: &str = "panneau.events.>";
+pub const FEEDS_BUCKET: &str = "PANNEAU_FEEDS";
+pub const FEED_CONSUMER: &str = "feed-projector";
+/// The oldest server Panneau accepts.
+pub const MINIMUM_SERVER: (u64, u64, u64) = (2, 12, 6);
+/// Longer than anything the relays do between two publications of one row (a
+/// publish timeout, then the grace before another instance's relay takes over),
+/// so a re-publication is recognised as a duplicate by the broker.
+pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// How long an outbox row may wait for the instance that committed it before
+/// any other instance's relay publishes it.
+pub const RELAY_GRACE: Duration = Duration::from_secs(3);
+/// How long a publish may wait for its acknowledgement before its outcome is
+/// treated as unknown (and the row retried with the same id).
+pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why the broker cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("cannot connect to NATS at {url}: {source}")]
+    Connect {
+        url: String,
+        #[source]
+        source: async_nats::ConnectError,
+    },
+    #[error(
+        "NATS server {found} is too old: Panneau needs nats-server {}.{}.{} or later (JetStream must fsync \
+         before acknowledging, with `jetstream {{ sync_interval: always }}`)",
+        MINIMUM_SERVER.0, MINIMUM_SERVER.1, MINIMUM_SERVER.2
+    )]
+    ServerTooOld { found: String },
+    #[error("cannot set up JetStream ({what}): {source}")]
+    Topology {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Parses `2.12.6` (or `v2.12.6-beta`) into numbers.
+fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
+    let text = text.trim().trim_start_matches('v');
+    let core = text.split(['-', '+']).next()?;
+    let mut parts = core.split('.').map(|p| p.parse::<u64>().ok());
+    Some((
+        parts.next()??,
+        parts.next()??,
+        parts.next().flatten().unwrap_or(0),
+    ))
+}
+
+/// Connects and checks the server version.
+///
+/// # Errors
+/// `Connect` when the server cannot be reached; `ServerTooOld`.
+pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
+    let client = async_nats::ConnectOptions::new()
+        .name("panneau")
+        .connection_timeout(Duration::from_secs(5))
+        .event_callback(|event| async move {
+            match event {
+                async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
+                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                other => tracing::debug!(event = %other, "NATS event"),
+            }
+        })
+        .connect(url)
+        .await
+        .map_err(|source| BusError::Connect {
+            url: url.to_owned(),
+            source,
+        })?;
+    let found = client.server_info().version;
+    match parse_version(&found) {
+        Some(version) if version >= MINIMUM_SERVER => Ok(client),
+        _ => Err(BusError::ServerTooOld { found }),
+    }
+}
+
+fn topology_error<E: std::error::Error + Send + Sync + 'static>(
+    what: &'static str,
+) -> impl FnOnce(E) -> BusError {
+    move |e| BusError::Topology {
+        what,
+        source: Box::new(e),
+    }
+}
+
+/// What the instance uses on the broker.
+#[derive(Debug)]
+pub struct Topology {
+    pub feeds: kv::Store,
+    pub feed_consumer: PullConsumer,
+}
+
+/// Creates or updates the stream, the bucket and the consumers (idempotent, so
+/// every instance runs it at start).
+///
+/// # Errors
+/// `Topology` naming what could not be set up.
+pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, BusError> {
+    js.create_or_update_stream(stream::Config {
+        name: STREAM.to_owned(),
+        description: Some("Panneau's committed events, relayed from the MariaDB outbox".to_owned()),
+        subjects: vec![SUBJECTS.to_owned()],
+        storage: StorageType::File,
+        num_replicas: replicas,
+        deny_delete: true,
+        deny_purge: true,
+        duplicate_window: DUPLICATE_WINDOW,
+        // The log of record is MariaDB; the stream keeps enough for consumers to
+        // catch up after an outage (and replays read MariaDB).
+        max_age: Duration::from_secs(30 * 24 * 3600),
+        ..Default::default()
+    })
+    .await
+    .map_err(topology_error("stream PANNEAU_EVENTS"))?;
+    let feeds = js
+        .create_or_update_key_value(kv::Config {
+            bucket: FEEDS_BUCKET.to_owned(),
+            description: "Panneau's feed read model: one document per commune and per publication"
+                .to_owned(),
+            history: 1,
+            storage: StorageType::File,
+            num_replicas: replicas,
+            max_value_size: 8 * 1024 * 1024,
+            ..Default::default()
+        })
+        .await
+        .map_err(topology_error("bucket PANNEAU_FEEDS"))?;
+    let stream = js
+        .get_stream(STREAM)
+        .await
+        .map_err(topology_error("stream PANNEAU_EVENTS"))?;
+    let feed_consumer: PullConsumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(FEED_CONSUMER.to_owned()),
+            description: Some("Feed projector, shared by every instance".to_owned()),
+            ack_policy: AckPolicy::Explicit,
+            ack_wait: Duration::from_secs(30),
+            deliver_policy: DeliverPolicy::All,
+            filter_subject: SUBJECTS.to_owned(),
+            max_ack_pending: 1_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(topology_error("consumer feed-projector"))?;
+    Ok(Topology {
+        feeds,
+        feed_consumer,
+    })
+}
+
+/// The subject an event is published on.
+pub fn subject(stream_id: &str) -> String {
+    format!("panneau.events.{stream_id}")
+}
+
+/// Wakes the local relay after a commit, so events reach the broker at once.
+#[derive(Debug, Default)]
+pub struct RelayNudge(pub Notify);
+
+impl CommitHook for RelayNudge {
+    fn committed(&self, _: &[RecordedEvent]) {
+        self.0.notify_one();
+    }
+}
+
+/// Publishes outbox rows. Runs on every instance; safe to run on all at once
+/// (the broker deduplicates by event id, and each stream's rows go out in
+/// version order, each only after the previous one was acknowledged).
+pub struct Relay {
+    pub store: SqlStore,
+    pub js: Context,
+    pub nudge: Arc<RelayNudge>,
+}
+
+impl std::fmt::Debug for Relay {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Relay").finish_non_exhaustive()
+    }
+}
+
+/// One row could not be published; later rows of its stream wait.
+#[derive(Debug, thiserror::Error)]
+#[error("publishing event {event_id} failed: {reason}")]
+pub struct PublishFailed {
+    event_id: Uuid,
+    reason: String,
+}
+
+impl Relay {
+    /// Publishes until `shutdown`: at once after a local commit, every second
+    /// for rows other instances left behind.
+    pub async fn run(self, shutdown: CancellationToken) {
+        let mut failures = 0u32;
+        let mut last_prune = tokio::time::Instant::now();
+        loop {
+            let wait = if failures == 0 {
+                Duration::from_secs(1)
+            } else {
+                Duration::from_millis(200 * 2u64.pow(failures.min(5)))
+            };
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = self.nudge.0.notified(), if failures == 0 => {}
+                () = tokio::time::sleep(wait) => {}
+            }
+            match self.drain().await {
+                Ok(()) => failures = 0,
+                Err(error) => {
+                    failures += 1;
+                    tracing::warn!(error = %error, failures, "outbox relay will retry");
+                }
+            }
+            if last_prune.elapsed() > Duration::from_secs(60) {
+                last_prune = tokio::time::Instant::now();
+                if let Err(error) = self.store.prune_outbox(Duration::from_secs(3600)).await {
+                    tracing::debug!(error = %error, "cannot prune the outbox");
+                }
+            }
+        }
+    }
+
+    /// Publishes everything pending for this instance.
+    async fn drain(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        loop {
+            let rows = self.store.pending_outbox(RELAY_GRACE, 256).await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            let mut streams: Vec<Vec<OutboxRow>> = Vec::new();
+            for row in rows {
+                match streams.last_mut() {
+                    Some(current) if current[0].stream_id == row.stream_id => current.push(row),
+                    _ => streams.push(vec![row]),
+                }
+            }
+            let results: Vec<(Vec<Uuid>, Option<PublishFailed>)> =
+                futures_util::stream::iter(streams)
+                    .map(|rows| self.publish_stream(rows))
+                    .buffer_unordered(64)
+                    .collect()
+                    .await;
+            let mut acknowledged = Vec::new();
+            let mut failure = None;
+            for (ids, failed) in results {
+                acknowledged.extend(ids);
+                failure = failure.or(failed);
+            }
+            self.store.mark_published(&acknowledged).await?;
+            if let Some(failure) = failure {
+                return Err(Box::new(failure));
+            }
+        }
+    }
+
+    /// Publishes one stream's rows in version order, each after the previous
+    /// one's acknowledgement; stops at the first failure.
+    async fn publish_stream(&self, rows: Vec<OutboxRow>) -> (Vec<Uuid>, Option<PublishFailed>) {
+        let mut acknowledged = Vec::with_capacity(rows.len());
+        for row in rows {
+            match self.publish(&row).await {
+                Ok(()) => acknowledged.push(row.event_id),
+                Err(reason) => {
+                    return (
+                        acknowledged,
+                        Some(PublishFailed {
+                            event_id: row.event_id,
+                            reason,
+                        }),
+                    );
+                }
+            }
+        }
+        (acknowledged, None)
+    }
+
+    async fn publish(&self, row: &OutboxRow) -> Result<(), String> {
+        let mut headers = async_nats::HeaderMap::new();
+        headers.insert("Nats-Msg-Id", row.event_id.to_string().as_str());
+        let publish = async {
+            self.js
+                .publish_with_headers(
+                    subject(&row.stream_id),
+                    headers,
+                    row.envelope.clone().into(),
+                )
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| e.to_string())
+        };
+        // A timeout means "unknown": the row stays pending and is published again
+        // with the same id, which the broker recognises.
+        match tokio::time::timeout(PUBLISH_TIMEOUT, publish).await {
+            Ok(Ok(_ack)) => Ok(()),
+            Ok(Err(error)) => Err(error),
+            Err(_) => Err("no acknowledgement in time".to_owned()),
+        }
+    }
+}
+
+/// Applies the event stream to the feed read model through the shared durable
+/// consumer, until `shutdown`. A redelivered event is acknowledged without
+/// effect; an event whose predecessor has not been applied yet is handed back
+/// for later.
+pub async fn run_feed_projector(
+    consumer: PullConsumer,
+    feeds: Arc<dyn FeedStore>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut messages = match consumer.messages().await {
+            Ok(messages) => messages,
+            Err(error) => {
+                tracing::warn!(error = %error, "feed projector cannot pull; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        loop {
+            let next = tokio::select! {
+                () = shutdown.cancelled() => return,
+                next = messages.next() => next,
+            };
+            match next {
+                Some(Ok(message)) => handle(&message, feeds.as_ref()).await,
+                Some(Err(error)) => {
+                    tracing::warn!(error = %error, "feed projector lost its pull subscription");
+                    break;
+                }
+                None => break,
+            }
+        }
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(Duration::from_millis(500)) => {}
+        }
+    }
+}
+
+async fn handle(message: &jetstream::Message, feeds: &dyn FeedStore) {
+    let envelope = match decode_event(&message.payload) {
+        Ok(envelope) => envelope,
+        Err(error) => {
+            // Not ours to skip silently: stop its redelivery and say so loudly.
+            tracing::error!(error = %error, subject = %message.subject, "undecodable event on the bus");
+            let _ = message.ack_with(AckKind::Term).await;
+            return;
+        }
+    };
+    let kind = match project(feeds, &envelope).await {
+        Ok(Outcome::Applied | Outcome::Duplicate) => AckKind::Ack,
+        Ok(Outcome::Gap { expected }) => {
+            tracing::debug!(stream = %envelope.stream_id, expected, "waiting for an earlier event");
+            AckKind::Nak(Some(Duration::from_millis(100)))
+        }
+        Err(error) => {
+            tracing::warn!(error = %error, stream = %envelope.stream_id, "cannot project; will retry");
+            AckKind::Nak(Some(Duration::from_secs(1)))
+        }
+    };
+    if let Err(error) = message.ack_with(kind).await {
+        tracing::warn!(error = %error, "cannot acknowledge a message; it will be redelivered");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn server_versions_are_compared_numerically() {
+        assert_eq!(parse_version("2.12.6"), Some((2, 12, 6)));
+        assert_eq!(parse_version("v2.15.1"), Some((2, 15, 1)));
+        assert_eq!(parse_version("2.12.10-beta.1"), Some((2, 12, 10)));
+        assert!(parse_version("2.9.10").unwrap() < MINIMUM_SERVER);
+        assert!(parse_version("2.12.10").unwrap() > MINIMUM_SERVER);
+        assert_eq!(parse_version("garbage"), None);
+    }
+}

@@ -1,0 +1,395 @@
+//! Cluster mode against real servers: MariaDB, NATS JetStream, several instances,
+//! and the incidents reads must survive.
+
+use std::collections::{HashMap, HashSet};
+use std::time::Duration;
+
+use panneau::app::Application;
+use panneau::bus::jetstream::{self as js, DUPLICATE_WINDOW};
+use panneau::store::sql::{PoolSettings, SqlStore};
+use serde_json::{Value, json};
+
+use crate::helpers::{TestApp, assert_problem, communes, departments, notice, spawn_cluster_app};
+use crate::infra::{Instance, NatsServer, PrivateMariaDb, TestDatabase, shared_mariadb_url};
+
+const WAIT: Duration = Duration::from_secs(15);
+
+async fn feed_of(app: &TestApp, commune: &str) -> Vec<String> {
+    app.feed_ids(commune).await
+}
+
+#[tokio::test]
+async fn the_mariadb_store_keeps_the_event_store_contract() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    // Migrations are idempotent: a second instance starting runs them again.
+    store.migrate().await.unwrap();
+    crate::store::event_store_contract(&store).await;
+    let (backlog, _) = store.outbox_backlog().await.unwrap();
+    assert_eq!(
+        backlog, 4,
+        "every event has an outbox row, committed with it"
+    );
+    store.close().await;
+}
+
+#[tokio::test]
+async fn a_publication_made_through_one_instance_is_served_by_another() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = a
+        .publisher(
+            "Mairie de Rennes",
+            communes(&["35238", "35051"]),
+            panneau_domain::Role::Editor,
+        )
+        .await;
+    let id = a.publish_ok(&token, &notice(&["35238", "35051"])).await;
+    for app in [&a, &b] {
+        for commune in ["35238", "35051"] {
+            assert!(
+                app.eventually(WAIT, || async {
+                    feed_of(app, commune).await == vec![id.clone()]
+                })
+                .await
+            );
+        }
+    }
+    // An amendment through B reaches A; a retraction through A leaves B's feeds.
+    let amended = b
+        .amend(
+            &token,
+            &id,
+            Some("\"1\""),
+            &json!({"title": "Coupure reportée"}),
+        )
+        .await;
+    assert_eq!(amended.status(), 200);
+    assert!(
+        a.eventually(WAIT, || async {
+            let p: Value = a
+                .get(&format!("/v1/publications/{id}"))
+                .await
+                .json()
+                .await
+                .unwrap();
+            p["title"] == "Coupure reportée"
+        })
+        .await
+    );
+    assert_eq!(a.retract(&token, &id).await.status(), 204);
+    assert!(
+        b.eventually(WAIT, || async { feed_of(&b, "35051").await.is_empty() })
+            .await
+    );
+    assert_problem(b.get(&format!("/v1/publications/{id}")).await, 410).await;
+}
+
+#[tokio::test]
+async fn broker_topology_is_created_once_and_kept_as_configured() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let _a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let client = js::connect(&nats.url()).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    // Running it again (another instance starting) changes nothing.
+    js::ensure_topology(&context, 1).await.unwrap();
+    let mut stream = context.get_stream(js::STREAM).await.unwrap();
+    let config = stream.info().await.unwrap().config.clone();
+    assert_eq!(config.subjects, vec![js::SUBJECTS.to_owned()]);
+    assert!(config.deny_delete && config.deny_purge);
+    assert_eq!(config.duplicate_window, DUPLICATE_WINDOW);
+    assert_eq!(
+        config.storage,
+        async_nats::jetstream::stream::StorageType::File
+    );
+    assert_eq!(config.num_replicas, 1);
+    assert!(context.get_key_value(js::FEEDS_BUCKET).await.is_ok());
+    let consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(js::FEED_CONSUMER).await.unwrap();
+    let mut consumer = consumer;
+    let info = consumer.info().await.unwrap();
+    assert_eq!(
+        info.config.ack_policy,
+        async_nats::jetstream::consumer::AckPolicy::Explicit
+    );
+    assert_eq!(info.config.filter_subject, js::SUBJECTS);
+}
+
+#[tokio::test]
+async fn an_old_nats_server_is_refused_with_a_clear_message() {
+    let debian = std::path::PathBuf::from("/usr/sbin/nats-server");
+    assert!(
+        debian.exists(),
+        "this test needs Debian's nats-server 2.9 (scripts/ensure-tools installs it)"
+    );
+    let nats = NatsServer::start_old(debian);
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let mut config = panneau::config::Config::defaults();
+    config.http_addr = "127.0.0.1:0".parse().unwrap();
+    config.ops_addr = "127.0.0.1:0".parse().unwrap();
+    config.database_url = Some(database.url().into());
+    config.nats_url = Some(nats.url());
+    let error = Application::build(config)
+        .await
+        .expect_err("an old server must be refused");
+    let message = format!("{error:#}");
+    assert!(
+        message.contains("2.9.10") && message.contains("2.12.6"),
+        "{message}"
+    );
+}
+
+#[tokio::test]
+async fn reads_survive_a_database_outage_and_commands_get_a_clear_503() {
+    let mut db = PrivateMariaDb::start();
+    let database = TestDatabase::create(&db.server_url()).await;
+    let nats = NatsServer::start();
+    let app = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = app
+        .publisher(
+            "Préfecture",
+            departments(&["35"]),
+            panneau_domain::Role::Admin,
+        )
+        .await;
+    let first = app.publish_ok(&token, &notice(&["35238"])).await;
+    let second = app.publish_ok(&token, &notice(&["35051"])).await;
+    assert!(
+        app.eventually(WAIT, || async {
+            feed_of(&app, "35238").await == vec![first.clone()]
+        })
+        .await
+    );
+    // 35051's feed is not read before the outage: it must come from the feed
+    // store, not the cache. (Reading the publication itself tells it was projected.)
+    let projected = app
+        .eventually(WAIT, || async {
+            app.get(&format!("/v1/publications/{second}"))
+                .await
+                .status()
+                == 200
+        })
+        .await;
+    assert!(projected);
+
+    db.kill();
+    for (commune, expected) in [("35238", &first), ("35051", &second)] {
+        let response = app.get(&format!("/v1/communes/{commune}/feed")).await;
+        assert_eq!(response.status(), 200, "{commune} during the outage");
+        let body: Value = response.json().await.unwrap();
+        assert_eq!(body["publications"][0]["id"], expected.as_str());
+    }
+    assert_eq!(
+        app.get(&format!("/v1/publications/{first}")).await.status(),
+        200
+    );
+    let refused = app.publish(&token, &notice(&["35047"])).await;
+    assert!(refused.headers().contains_key("retry-after"));
+    assert_problem(refused, 503).await;
+    let ready = app
+        .eventually(WAIT, || async {
+            let r = app
+                .client
+                .get(format!("{}/readyz", app.ops_address))
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            status == 200 && body["database"] == "down" && body["read_model"] == "up"
+        })
+        .await;
+    assert!(ready, "/readyz says the database is down and stays 200");
+
+    db.resume();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let third = loop {
+        let response = app.publish(&token, &notice(&["35047"])).await;
+        if response.status() == 201 {
+            break response.json::<Value>().await.unwrap()["id"]
+                .as_str()
+                .unwrap()
+                .to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "commands work again once the database returns"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(
+        app.eventually(WAIT, || async {
+            feed_of(&app, "35047").await == vec![third.clone()]
+        })
+        .await
+    );
+    // Nothing half-written: exactly the three acknowledged publications are in the log.
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    let mut all = Vec::new();
+    let mut events = panneau::store::EventStore::read_after(&store, 0);
+    while let Some(event) = futures_util::StreamExt::next(&mut events).await {
+        all.push(event.unwrap().envelope.payload.publication_id().to_string());
+    }
+    all.sort();
+    let mut expected = vec![first, second, third];
+    expected.sort();
+    assert_eq!(all, expected);
+}
+
+#[tokio::test]
+async fn commands_are_accepted_while_nats_is_down_and_every_feed_converges_after() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let mut nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = a
+        .publisher(
+            "Mairie",
+            communes(&["35238", "35051"]),
+            panneau_domain::Role::Editor,
+        )
+        .await;
+    let before = a.publish_ok(&token, &notice(&["35238"])).await;
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(WAIT, || async {
+                feed_of(app, "35238").await == vec![before.clone()]
+            })
+            .await
+        );
+    }
+
+    nats.kill();
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        during.push(a.publish_ok(&token, &notice(&["35051"])).await);
+    }
+    // Cached feeds keep being served by both instances.
+    for app in [&a, &b] {
+        assert_eq!(feed_of(app, "35238").await, vec![before.clone()]);
+    }
+
+    nats.resume();
+    during.reverse();
+    for app in [&a, &b] {
+        let converged = app
+            .eventually(Duration::from_secs(30), || async {
+                feed_of(app, "35051").await == during
+            })
+            .await;
+        assert!(converged, "the outbox drained and every feed converged");
+    }
+}
+
+#[tokio::test]
+async fn an_instance_killed_during_a_burst_loses_no_acknowledged_publication() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let logs = tempfile::tempdir().unwrap();
+    let mut a = Instance::start(&database.url(), &nats.url(), logs.path());
+    let b = Instance::start(&database.url(), &nats.url(), logs.path());
+    let reader = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = reader
+        .publisher(
+            "Préfecture",
+            departments(&["35"]),
+            panneau_domain::Role::Admin,
+        )
+        .await;
+    let codes: Vec<String> = panneau::app::COMMUNES
+        .iter()
+        .filter(|c| c.department == "35")
+        .take(60)
+        .map(|c| c.code.as_str().to_owned())
+        .collect();
+
+    let client = reqwest::Client::new();
+    let url = a.url("/v1/publications");
+    let mut burst = tokio::task::JoinSet::new();
+    for code in codes.clone() {
+        let (client, url, token) = (client.clone(), url.clone(), token.clone());
+        burst.spawn(async move {
+            let response = client
+                .post(url)
+                .bearer_auth(token)
+                .json(&notice(&[code.as_str()]))
+                .timeout(Duration::from_secs(10))
+                .send()
+                .await;
+            let id = match response {
+                Ok(r) if r.status() == 201 => r
+                    .json::<Value>()
+                    .await
+                    .ok()
+                    .and_then(|v| v["id"].as_str().map(str::to_owned)),
+                _ => None,
+            };
+            (code, id)
+        });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if burst.len() == 25 {
+            a.kill();
+        }
+    }
+    let mut acknowledged: HashMap<String, String> = HashMap::new();
+    while let Some(result) = burst.join_next().await {
+        if let (code, Some(id)) = result.unwrap() {
+            acknowledged.insert(code, id);
+        }
+    }
+    assert!(
+        !acknowledged.is_empty(),
+        "some commands were acknowledged before the kill"
+    );
+    assert!(
+        acknowledged.len() < codes.len(),
+        "the instance died during the burst"
+    );
+
+    // Every acknowledged publication reaches the feeds served by the survivor, once.
+    let survivor = |path: &str| {
+        let client = client.clone();
+        let url = b.url(path);
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    let mut missing: HashSet<String> = acknowledged.keys().cloned().collect();
+    while !missing.is_empty() && tokio::time::Instant::now() < deadline {
+        for code in missing.clone() {
+            let feed = survivor(&format!("/v1/communes/{code}/feed")).await;
+            let ids: Vec<&str> = feed["publications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap())
+                .collect();
+            assert!(ids.len() <= 1, "a duplicate in the feed of {code}: {ids:?}");
+            if ids == [acknowledged[&code].as_str()] {
+                missing.remove(&code);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        missing.is_empty(),
+        "acknowledged but never shown: {missing:?}\n{}",
+        b.log()
+    );
+}
