@@ -227,6 +227,7 @@ impl Application {
                 stale_if_error: config.feed_stale_if_error,
             },
             trust_forwarded_for: config.trust_forwarded_for,
+            tokens: api::token_cache(),
         };
         let http = TcpListener::bind(config.http_addr)
             .await

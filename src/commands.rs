@@ -100,7 +100,15 @@ impl CommandHandler {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let (state, _) = self.load(id).await?;
+            // A publication id is fresh from `Uuid::now_v7()`: its stream is empty, so
+            // the first attempt skips the read (should it exist after all, the append
+            // conflicts and the retry reads it).
+            let creation = matches!(command, Command::Publish { .. } | Command::Schedule { .. });
+            let state = if creation && attempt == 1 {
+                Publication::Absent
+            } else {
+                self.load(id).await?.0
+            };
             let current = state.version();
             // An unknown or retracted publication says so, whatever version was named.
             if if_match.is_some() {

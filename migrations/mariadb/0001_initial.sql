@@ -101,3 +101,13 @@ CREATE TABLE IF NOT EXISTS publication_views (
     publication_id BINARY(16) NOT NULL PRIMARY KEY,
     views          BIGINT NOT NULL
 ) ENGINE = InnoDB;
+
+-- Every event gets its outbox row from this trigger, inside the statement that
+-- inserts it: an append of one event is then a single autocommitted INSERT (one
+-- round trip, one fsync) and still can never commit without its outbox row.
+-- @panneau_instance is set by each Panneau connection (its instance id).
+-- Galera replicates the trigger's row like any other (binlog_format=ROW).
+CREATE TRIGGER IF NOT EXISTS events_to_outbox AFTER INSERT ON events FOR EACH ROW
+    INSERT INTO outbox (event_id, stream_id, stream_version, envelope, instance_id, created_at)
+    VALUES (NEW.event_id, NEW.stream_id, NEW.stream_version, NEW.envelope,
+            COALESCE(@panneau_instance, UNHEX('00000000000000000000000000000000')), NEW.recorded_at);

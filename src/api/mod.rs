@@ -55,6 +55,20 @@ pub struct AppState {
     pub cache_policy: CachePolicy,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
     pub trust_forwarded_for: bool,
+    /// Valid tokens seen recently, by hash, so a busy publisher does not cost a
+    /// database read per command. A revocation takes effect within [`TOKEN_CACHE_TTL`].
+    pub tokens: moka::future::Cache<[u8; 32], crate::store::TokenRecord>,
+}
+
+/// How long a validated token is trusted without asking the database again.
+pub const TOKEN_CACHE_TTL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// The cache of validated tokens.
+pub fn token_cache() -> moka::future::Cache<[u8; 32], crate::store::TokenRecord> {
+    moka::future::Cache::builder()
+        .max_capacity(100_000)
+        .time_to_live(TOKEN_CACHE_TTL)
+        .build()
 }
 
 impl std::fmt::Debug for AppState {

@@ -83,12 +83,20 @@ impl FromRequestParts<AppState> for Authenticated {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer TOKEN"))?;
-        let record = app
-            .state
-            .token_by_hash(&token_hash(token))
-            .await?
-            .filter(|t| t.revoked_at.is_none())
-            .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+        let hash = token_hash(token);
+        let record = match app.tokens.get(&hash).await {
+            Some(record) => record,
+            None => {
+                let record = app
+                    .state
+                    .token_by_hash(&hash)
+                    .await?
+                    .filter(|t| t.revoked_at.is_none())
+                    .ok_or_else(|| unauthorized("unknown or revoked token"))?;
+                app.tokens.insert(hash, record.clone()).await;
+                record
+            }
+        };
         Ok(Authenticated {
             token: record,
             request_id: request_id_of(&parts.extensions),

@@ -254,7 +254,7 @@ impl Relay {
     /// Publishes everything pending for this instance.
     async fn drain(&self) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         loop {
-            let rows = self.store.pending_outbox(RELAY_GRACE, 256).await?;
+            let rows = self.store.pending_outbox(RELAY_GRACE, 1024).await?;
             if rows.is_empty() {
                 return Ok(());
             }
@@ -268,7 +268,7 @@ impl Relay {
             let results: Vec<(Vec<Uuid>, Option<PublishFailed>)> =
                 futures_util::stream::iter(streams)
                     .map(|rows| self.publish_stream(rows))
-                    .buffer_unordered(64)
+                    .buffer_unordered(256)
                     .collect()
                     .await;
             let mut acknowledged = Vec::new();
@@ -330,6 +330,9 @@ impl Relay {
     }
 }
 
+/// Messages one instance's feed projector works on at once.
+const PROJECTOR_CONCURRENCY: usize = 32;
+
 /// Applies the event stream to the feed read model through the shared durable
 /// consumer, until `shutdown`. A redelivered event is acknowledged without
 /// effect; an event whose predecessor has not been applied yet is handed back
@@ -340,7 +343,7 @@ pub async fn run_feed_projector(
     shutdown: CancellationToken,
 ) {
     loop {
-        let mut messages = match consumer.messages().await {
+        let messages = match consumer.messages().await {
             Ok(messages) => messages,
             Err(error) => {
                 tracing::warn!(error = %error, "feed projector cannot pull; retrying");
@@ -350,19 +353,27 @@ pub async fn run_feed_projector(
                 }
             }
         };
-        loop {
-            let next = tokio::select! {
-                () = shutdown.cancelled() => return,
-                next = messages.next() => next,
-            };
-            match next {
-                Some(Ok(message)) => handle(&message, feeds.as_ref()).await,
-                Some(Err(error)) => {
+        // Up to PROJECTOR_CONCURRENCY messages at once: events of different streams
+        // commute, and two events of one stream resolve themselves (the later one
+        // sees a gap and is handed back).
+        let feeds = feeds.as_ref();
+        let work = messages
+            .take_until(shutdown.cancelled())
+            .take_while(|next| {
+                let ok = next.is_ok();
+                if let Err(error) = next {
                     tracing::warn!(error = %error, "feed projector lost its pull subscription");
-                    break;
                 }
-                None => break,
-            }
+                std::future::ready(ok)
+            })
+            .for_each_concurrent(PROJECTOR_CONCURRENCY, |next| async move {
+                if let Ok(message) = next {
+                    handle(&message, feeds).await;
+                }
+            });
+        work.await;
+        if shutdown.is_cancelled() {
+            return;
         }
         tokio::select! {
             () = shutdown.cancelled() => return,

@@ -178,6 +178,7 @@ impl SqlStore {
     /// `Database` for a malformed URL; `Unavailable` when SQLite cannot open the file.
     pub async fn connect(url: &str, settings: &PoolSettings) -> Result<Self, StoreError> {
         sqlx::any::install_default_drivers();
+        let instance = Uuid::now_v7();
         let dialect = if url.starts_with("sqlite:") {
             Dialect::Sqlite
         } else {
@@ -212,7 +213,12 @@ impl SqlStore {
                         Dialect::MariaDb => {
                             // Under Galera, make reads wait until this node has applied every
                             // transaction committed before them (read-your-writes across nodes).
-                            conn.execute("SET SESSION wsrep_sync_wait = 1").await?;
+                            // @panneau_instance marks the outbox rows this instance commits.
+                            conn.execute(sqlx::AssertSqlSafe(format!(
+                                "SET SESSION wsrep_sync_wait = 1, @panneau_instance = UNHEX('{}')",
+                                instance.simple()
+                            )))
+                            .await?;
                         }
                     }
                     Ok(())
@@ -230,7 +236,7 @@ impl SqlStore {
             dialect,
             append_lock: (dialect == Dialect::Sqlite).then(|| Arc::new(Mutex::new(()))),
             hook: None,
-            instance: Uuid::now_v7(),
+            instance,
         })
     }
 
@@ -274,54 +280,61 @@ impl SqlStore {
         })
     }
 
+    /// The statement that inserts one event (its outbox row comes from a trigger
+    /// in MariaDB). RETURNING: SQLite and MariaDB (10.5+) both have it, and sqlx's
+    /// Any driver does not report SQLite's last insert id.
+    fn insert_event(
+        append: &Append,
+        index: usize,
+    ) -> sqlx::query::Query<'static, sqlx::Any, sqlx::any::AnyArguments> {
+        let envelope = &append.events[index];
+        let owner = (index == 0 && append.expected_version == 0)
+            .then_some(append.owner)
+            .flatten()
+            .map(|p| uuid_bytes(p.as_uuid()));
+        sqlx::query(
+            "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
+             publisher_id, occurred_at, recorded_at, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
+             RETURNING position",
+        )
+        .bind(uuid_bytes(envelope.event_id.as_uuid()))
+        .bind(envelope.stream_id.as_str().to_owned())
+        .bind(version_i64(envelope.stream_version))
+        .bind(envelope.event_type)
+        .bind(i64::from(envelope.schema_version))
+        .bind(owner)
+        .bind(envelope.occurred_at.as_unix_micros())
+        .bind(envelope.recorded_at.as_unix_micros())
+        .bind(encode_event(envelope))
+    }
+
     async fn insert_events(&self, append: &Append) -> Result<Vec<RecordedEvent>, AppendFailure> {
+        // The common case, one event and nothing else to record with it, is a
+        // single autocommitted statement.
+        if let [envelope] = append.events.as_slice()
+            && append.idempotency.is_none()
+            && ScheduleChange::of(&envelope.payload).is_none()
+        {
+            let row = Self::insert_event(append, 0)
+                .fetch_one(&self.pool)
+                .await
+                .map_err(AppendFailure::Events)?;
+            return Ok(vec![RecordedEvent {
+                position: row.try_get("position").map_err(AppendFailure::Other)?,
+                envelope: envelope.clone(),
+            }]);
+        }
         let mut tx = self.pool.begin().await.map_err(AppendFailure::Other)?;
-        let now = crate::now().as_unix_micros();
         let mut recorded = Vec::with_capacity(append.events.len());
         for (i, envelope) in append.events.iter().enumerate() {
-            let owner = (i == 0 && append.expected_version == 0)
-                .then_some(append.owner)
-                .flatten()
-                .map(|p| uuid_bytes(p.as_uuid()));
-            let bytes = encode_event(envelope);
-            // RETURNING: SQLite and MariaDB (10.5+) both have it; sqlx's Any driver
-            // does not report SQLite's last insert id.
-            let row = sqlx::query(
-                "INSERT INTO events (event_id, stream_id, stream_version, event_type, schema_version, \
-                 publisher_id, occurred_at, recorded_at, envelope) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) \
-                 RETURNING position",
-            )
-            .bind(uuid_bytes(envelope.event_id.as_uuid()))
-            .bind(envelope.stream_id.as_str().to_owned())
-            .bind(version_i64(envelope.stream_version))
-            .bind(envelope.event_type)
-            .bind(i64::from(envelope.schema_version))
-            .bind(owner)
-            .bind(envelope.occurred_at.as_unix_micros())
-            .bind(envelope.recorded_at.as_unix_micros())
-            .bind(bytes.clone())
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(AppendFailure::Events)?;
+            let row = Self::insert_event(append, i)
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(AppendFailure::Events)?;
             recorded.push(RecordedEvent {
                 position: row.try_get("position").map_err(AppendFailure::Other)?,
                 envelope: envelope.clone(),
             });
-            if self.dialect == Dialect::MariaDb {
-                sqlx::query(
-                    "INSERT INTO outbox (event_id, stream_id, stream_version, envelope, instance_id, created_at) \
-                     VALUES (?, ?, ?, ?, ?, ?)",
-                )
-                .bind(uuid_bytes(envelope.event_id.as_uuid()))
-                .bind(envelope.stream_id.as_str().to_owned())
-                .bind(version_i64(envelope.stream_version))
-                .bind(bytes)
-                .bind(uuid_bytes(self.instance))
-                .bind(now)
-                .execute(&mut *tx)
-                .await
-                .map_err(AppendFailure::Other)?;
-            }
             if let Some(change) = ScheduleChange::of(&envelope.payload) {
                 self.apply_schedule(&mut tx, change)
                     .await

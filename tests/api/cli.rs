@@ -1,6 +1,7 @@
 //! The command line, run as the operator runs it.
 
 use std::process::Command;
+use std::time::Duration;
 
 use crate::helpers::{database_url, notice, spawn_app};
 
@@ -60,7 +61,14 @@ async fn publisher_create_prints_a_token_once_that_publishes() {
 
     let revoke = panneau(app.dir.path(), &["publisher", "revoke", &publisher_id]);
     assert!(revoke.status.success());
-    assert_eq!(app.publish(&token, &notice(&["35238"])).await.status(), 401);
+    // Instances trust a validated token for a few seconds (TOKEN_CACHE_TTL).
+    let refused = app
+        .eventually(
+            panneau::api::TOKEN_CACHE_TTL + Duration::from_secs(2),
+            || async { app.publish(&token, &notice(&["35238"])).await.status() == 401 },
+        )
+        .await;
+    assert!(refused, "a revoked token is refused");
 }
 
 #[tokio::test]

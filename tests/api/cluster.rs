@@ -393,3 +393,52 @@ async fn an_instance_killed_during_a_burst_loses_no_acknowledged_publication() {
         b.log()
     );
 }
+
+async fn loads(app: &TestApp) -> u64 {
+    let text = app
+        .client
+        .get(format!("{}/metrics", app.ops_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix("panneau_feed_store_loads_total "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("the metric is exposed")
+}
+
+#[tokio::test]
+async fn concurrent_misses_for_one_feed_cost_one_load_from_the_store() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let writer = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let reader = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = writer
+        .publisher(
+            "Préfecture",
+            departments(&["35"]),
+            panneau_domain::Role::Admin,
+        )
+        .await;
+    let id = writer.publish_ok(&token, &notice(&["35238"])).await;
+    assert!(
+        reader
+            .eventually(WAIT, || async {
+                reader.get(&format!("/v1/publications/{id}")).await.status() == 200
+            })
+            .await
+    );
+    let before = loads(&reader).await;
+    let requests = (0..50).map(|_| reader.get("/v1/communes/35238/feed"));
+    for response in futures_util::future::join_all(requests).await {
+        assert_eq!(response.status(), 200);
+    }
+    assert_eq!(
+        loads(&reader).await,
+        before + 1,
+        "fifty concurrent readers, one load"
+    );
+}
