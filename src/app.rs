@@ -11,8 +11,10 @@ use std::time::Duration;
 use anyhow::Context;
 use panneau_projections::Communes;
 use tokio::net::TcpListener;
+use tokio::sync::Notify;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 use crate::api::{self, AppState, CachePolicy};
 use crate::bus::LocalBus;
@@ -20,11 +22,17 @@ use crate::bus::jetstream::{self, Relay, RelayNudge};
 use crate::commands::CommandHandler;
 use crate::config::{Config, Mode};
 use crate::health::{Dependency, Health};
+use crate::notifier::{self, FanOut, NotifierSettings};
+use crate::push::apns::ApnsGateway;
+use crate::push::fcm::FcmGateway;
+use crate::push::webpush::WebPushGateway;
+use crate::push::{Gateways, RateLimiter};
 use crate::readmodel::cache::FeedCache;
 use crate::readmodel::kv::KvFeedStore;
 use crate::readmodel::{FeedStore, MemoryFeedStore};
 use crate::store::sql::{PoolSettings, SqlStore};
 use crate::store::{EventStore, StateStore};
+use crate::subscription::Endpoints;
 use crate::{projector, scheduler};
 
 /// The 34,969 current communes, built in (Etalab, MIT licence; see `data/`).
@@ -65,6 +73,63 @@ struct Backend {
     nats: Option<async_nats::Client>,
 }
 
+/// The push gateways the configuration asks for.
+///
+/// # Errors
+/// When a configured gateway cannot be set up (a missing key file, say).
+pub fn gateways(config: &Config) -> anyhow::Result<Gateways> {
+    let mut gateways = Gateways::default();
+    if let Some(credentials) = &config.fcm_credentials {
+        gateways.fcm = Some(Arc::new(FcmGateway::new(
+            credentials,
+            &config.fcm_endpoint,
+        )?));
+    }
+    if let (Some(key), Some(key_id), Some(team), Some(topic)) = (
+        &config.apns_key,
+        &config.apns_key_id,
+        &config.apns_team_id,
+        &config.apns_topic,
+    ) {
+        gateways.apns = Some(Arc::new(ApnsGateway::new(
+            key,
+            key_id,
+            team,
+            topic,
+            config.apns_sandbox,
+        )?));
+    }
+    if let Some(key) = &config.webpush_vapid_key {
+        gateways.webpush = Some(Arc::new(WebPushGateway::new(
+            key,
+            &config.webpush_contact,
+            webpush_endpoints(config),
+        )?));
+    }
+    Ok(gateways)
+}
+
+fn webpush_endpoints(config: &Config) -> Endpoints {
+    if config.webpush_allow_loopback {
+        Endpoints::AlsoLoopback
+    } else {
+        Endpoints::PushServices
+    }
+}
+
+fn notifier_settings(config: &Config) -> NotifierSettings {
+    NotifierSettings {
+        privacy: config.push_privacy,
+        ttl: Duration::from_secs(config.push_ttl_seconds),
+        stale_after: Duration::from_secs(config.push_stale_after_seconds),
+        urgent_stale_after: Duration::from_secs(config.push_urgent_stale_after_seconds),
+        rate_per_second: config.push_rate_per_second,
+        concurrency: config.push_concurrency,
+        lease: Duration::from_secs(config.push_lease_seconds),
+        ..NotifierSettings::default()
+    }
+}
+
 /// Opens the SQL store and applies migrations. A MariaDB that cannot be reached
 /// does not stop the instance: it serves reads and answers commands with 503
 /// until the database returns.
@@ -101,7 +166,11 @@ impl Application {
     /// When a store cannot be opened, NATS is unreachable or too old, or a
     /// listener cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
+        // reqwest and a2 speak TLS through rustls with the ring provider.
+        let _ = rustls::crypto::ring::default_provider().install_default();
         let communes = COMMUNES.clone();
+        let gateways = gateways(&config).context("cannot set up the push gateways")?;
+        let wake_fanout = Arc::new(Notify::new());
         let health = Arc::new(Health::default());
         let stop_tasks = CancellationToken::new();
         let mut tasks: Tasks = Vec::new();
@@ -115,6 +184,7 @@ impl Application {
                 let feeds = Arc::new(MemoryFeedStore::default());
                 // Subscribe before reading the log so that nothing committed in between is missed.
                 let committed = bus.subscribe();
+                let for_notifier = bus.subscribe();
                 let log: Arc<dyn EventStore> = Arc::new(store.clone());
                 let position = projector::catch_up(log.as_ref(), feeds.as_ref(), 0)
                     .await
@@ -128,10 +198,20 @@ impl Application {
                 tasks.push((
                     "feed projector",
                     tokio::spawn(projector::run_embedded(
-                        log,
+                        log.clone(),
                         feed_store,
                         committed,
                         position,
+                        stop_tasks.clone(),
+                    )),
+                ));
+                tasks.push((
+                    "notifier",
+                    tokio::spawn(notifier::run_embedded(
+                        log,
+                        Arc::new(store.clone()),
+                        for_notifier,
+                        wake_fanout.clone(),
                         stop_tasks.clone(),
                     )),
                 ));
@@ -157,6 +237,16 @@ impl Application {
                     tokio::spawn(jetstream::run_feed_projector(
                         topology.feed_consumer,
                         feeds.clone(),
+                        stop_tasks.clone(),
+                    )),
+                ));
+                tasks.push((
+                    "notifier",
+                    tokio::spawn(jetstream::run_notifier(
+                        topology.notifier_consumer,
+                        Arc::new(store.clone()),
+                        Arc::new(store.clone()),
+                        wake_fanout.clone(),
                         stop_tasks.clone(),
                     )),
                 ));
@@ -198,6 +288,18 @@ impl Application {
                 stop_tasks.clone(),
             )),
         ));
+        let settings = notifier_settings(&config);
+        let fanout = FanOut {
+            store: Arc::new(store.clone()),
+            gateways,
+            rate: Arc::new(RateLimiter::new(settings.rate_per_second)),
+            settings,
+            owner: Uuid::now_v7(),
+        };
+        tasks.push((
+            "fan-out",
+            tokio::spawn(fanout.run(wake_fanout, stop_tasks.clone())),
+        ));
         let views = Arc::new(api::views::ViewCounter::default());
         tasks.push((
             "view counter",
@@ -221,6 +323,10 @@ impl Application {
             log,
             state,
             views,
+            devices: Arc::new(store.clone()),
+            jobs: Arc::new(store.clone()),
+            registrations: Arc::new(api::devices::registration_limit()),
+            webpush_endpoints: webpush_endpoints(&config),
             cache_policy: CachePolicy {
                 max_age: config.feed_max_age,
                 stale_while_revalidate: config.feed_stale_while_revalidate,

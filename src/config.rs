@@ -53,6 +53,33 @@ pub struct Config {
     pub shutdown_timeout_seconds: u64,
     /// `development`, `staging`, `production`: reported with errors.
     pub environment: String,
+    /// FCM: path to the service-account JSON (its `project_id` and `token_uri` are used).
+    pub fcm_credentials: Option<PathBuf>,
+    /// FCM HTTP v1 base URL; an `http://` URL is spoken to in cleartext HTTP/2.
+    pub fcm_endpoint: String,
+    /// APNs: path to the .p8 signing key, its key id, the team id and the app's bundle id.
+    pub apns_key: Option<PathBuf>,
+    pub apns_key_id: Option<String>,
+    pub apns_team_id: Option<String>,
+    pub apns_topic: Option<String>,
+    /// APNs development environment instead of production.
+    pub apns_sandbox: bool,
+    /// Web Push: path to the VAPID private key (P-256, PEM) and the contact URI.
+    pub webpush_vapid_key: Option<PathBuf>,
+    pub webpush_contact: String,
+    /// Pushes carry only ids, no text: no content leaves the EU through Google or Apple.
+    pub push_privacy: bool,
+    pub push_ttl_seconds: u64,
+    /// A normal publication whose notifications could not start within this is not notified.
+    pub push_stale_after_seconds: u64,
+    pub push_urgent_stale_after_seconds: u64,
+    /// Messages per second, all providers together (FCM's quota: 10,000 per second per project).
+    pub push_rate_per_second: u32,
+    pub push_concurrency: usize,
+    /// How long a notification job stays with an instance that stopped reporting.
+    pub push_lease_seconds: u64,
+    /// Accept Web Push endpoints on http://127.0.0.1 (tests with a local fake provider only).
+    pub webpush_allow_loopback: bool,
 }
 
 #[derive(Serialize)]
@@ -71,6 +98,17 @@ struct Defaults {
     trust_forwarded_for: bool,
     shutdown_timeout_seconds: u64,
     environment: &'static str,
+    fcm_endpoint: &'static str,
+    apns_sandbox: bool,
+    webpush_contact: &'static str,
+    push_privacy: bool,
+    push_ttl_seconds: u64,
+    push_stale_after_seconds: u64,
+    push_urgent_stale_after_seconds: u64,
+    push_rate_per_second: u32,
+    push_concurrency: usize,
+    push_lease_seconds: u64,
+    webpush_allow_loopback: bool,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -88,6 +126,17 @@ const DEFAULTS: Defaults = Defaults {
     trust_forwarded_for: false,
     shutdown_timeout_seconds: 20,
     environment: "development",
+    fcm_endpoint: "https://fcm.googleapis.com",
+    apns_sandbox: false,
+    webpush_contact: "mailto:contact@panneau.invalid",
+    push_privacy: false,
+    push_ttl_seconds: 86_400,
+    push_stale_after_seconds: 7_200,
+    push_urgent_stale_after_seconds: 86_400,
+    push_rate_per_second: 9_000,
+    push_concurrency: 256,
+    push_lease_seconds: 60,
+    webpush_allow_loopback: false,
 };
 
 /// The embedded database used when no `database_url` is set.

@@ -13,10 +13,13 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod health;
+pub mod notifier;
 pub mod projector;
+pub mod push;
 pub mod readmodel;
 pub mod scheduler;
 pub mod store;
+pub mod subscription;
 pub mod telemetry;
 
 use panneau_domain::Timestamp;

@@ -8,12 +8,14 @@
 //! Limits from the HTTP contract (title length, attachment count, …) are enforced
 //! here, by the constructors of the value types and by `decide`.
 
+pub mod device;
 pub mod event;
 pub mod publication;
 pub mod publisher;
 pub mod time;
 pub mod values;
 
+pub use device::{Locale, Platform, PushToken};
 pub use event::{Actor, Envelope, EventId, RequestId, StreamId};
 pub use publication::{
     Amendment, Command, Content, Publication, PublicationAmended, PublicationError,

@@ -53,6 +53,8 @@ pub enum ValueError {
     MalformedRequestId,
     #[error("expected a stream id of 1 to 100 visible ASCII characters")]
     MalformedStreamId,
+    #[error("expected a language tag such as fr or fr-FR")]
+    MalformedLocale,
 }
 
 /// An INSEE commune code ("code officiel géographique"): `35238` (Rennes), `2A004`

@@ -20,8 +20,9 @@ use uuid::Uuid;
 
 use crate::commands::CommandHandler;
 use crate::readmodel::cache::FeedCache;
-use crate::store::{EventStore, StateStore};
+use crate::store::{DeviceStore, EventStore, NotificationStore, StateStore};
 
+pub mod devices;
 pub mod error;
 pub mod extract;
 pub mod openapi;
@@ -52,6 +53,12 @@ pub struct AppState {
     pub log: Arc<dyn EventStore>,
     pub state: Arc<dyn StateStore>,
     pub views: Arc<views::ViewCounter>,
+    pub devices: Arc<dyn DeviceStore>,
+    pub jobs: Arc<dyn NotificationStore>,
+    /// Device registrations per client address.
+    pub registrations: Arc<views::PerClientLimit>,
+    /// Where Web Push subscriptions may point.
+    pub webpush_endpoints: crate::subscription::Endpoints,
     pub cache_policy: CachePolicy,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
     pub trust_forwarded_for: bool,
@@ -102,6 +109,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public::routes())
         .merge(publisher::routes())
+        .merge(devices::routes())
         .merge(openapi::routes())
         .fallback(|| async { ApiError::not_found("no such resource") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })

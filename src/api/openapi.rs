@@ -32,11 +32,16 @@ use super::AppState;
         super::publisher::retract,
         super::publisher::history,
         super::publisher::own_publications,
+        super::devices::register,
+        super::devices::set_communes,
+        super::devices::set_token,
+        super::devices::remove,
     ),
     modifiers(&BearerAuth),
     tags(
         (name = "public", description = "Anonymous reads for the mobile apps"),
         (name = "publisher", description = "Publishing, with a publisher's bearer token"),
+        (name = "devices", description = "Push notification registrations of the apps"),
     )
 )]
 pub struct ApiDoc;

@@ -754,7 +754,7 @@ pub struct OwnPublications {
     publications: Vec<OwnPublication>,
 }
 
-fn own(state: &PublicationState, views: u64) -> OwnPublication {
+fn own(state: &PublicationState, views: u64, notifications: u64) -> OwnPublication {
     let (status, published_at) = match state.status {
         Status::Scheduled { publish_at } => ("scheduled", publish_at),
         Status::Live { published_at } => ("live", published_at),
@@ -772,7 +772,7 @@ fn own(state: &PublicationState, views: u64) -> OwnPublication {
         visible_until: state.content.window.until(),
         version: state.version,
         views,
-        notifications: 0,
+        notifications,
     }
 }
 
@@ -796,8 +796,9 @@ pub async fn own_publications(
     let mut publications = Vec::with_capacity(ids.len());
     for (id, views) in views {
         let (state, _) = app.commands.load(id).await?;
+        let notifications = app.jobs.job(id).await?.map_or(0, |job| job.sent);
         if let Some(state) = state.state() {
-            publications.push(own(state, views));
+            publications.push(own(state, views, notifications));
         }
     }
     Ok(json(&OwnPublications { publications }))

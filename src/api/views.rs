@@ -19,21 +19,52 @@ pub const BEACONS_PER_WINDOW: u32 = 120;
 pub const WINDOW: Duration = Duration::from_secs(60);
 const FLUSH_EVERY: Duration = Duration::from_secs(5);
 
+/// A fixed-window budget of requests per client address.
+#[derive(Debug)]
+pub struct PerClientLimit {
+    per_window: u32,
+    window: Duration,
+    used: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+}
+
+impl PerClientLimit {
+    pub fn new(per_window: u32, window: Duration) -> Self {
+        Self {
+            per_window,
+            window,
+            used: moka::sync::Cache::builder()
+                .max_capacity(1_000_000)
+                .time_to_live(window)
+                .build(),
+        }
+    }
+
+    /// Takes one request from the client's budget; `false` when it is spent.
+    /// Requests whose address is unknown (tests without a socket) are not limited.
+    pub fn allow(&self, client: Option<IpAddr>) -> bool {
+        let Some(client) = client else { return true };
+        let used = self.used.get_with(client, || Arc::new(AtomicU32::new(0)));
+        used.fetch_add(1, Ordering::Relaxed) < self.per_window
+    }
+
+    /// Seconds a refused client should wait.
+    pub fn retry_after(&self) -> u64 {
+        self.window.as_secs().max(1)
+    }
+}
+
 /// Views waiting to be written, and the per-client budget.
 #[derive(Debug)]
 pub struct ViewCounter {
     pending: Mutex<HashMap<PublicationId, u64>>,
-    budget: moka::sync::Cache<IpAddr, Arc<AtomicU32>>,
+    budget: PerClientLimit,
 }
 
 impl Default for ViewCounter {
     fn default() -> Self {
         Self {
             pending: Mutex::default(),
-            budget: moka::sync::Cache::builder()
-                .max_capacity(1_000_000)
-                .time_to_live(WINDOW)
-                .build(),
+            budget: PerClientLimit::new(BEACONS_PER_WINDOW, WINDOW),
         }
     }
 }
@@ -41,9 +72,7 @@ impl Default for ViewCounter {
 impl ViewCounter {
     /// Takes one beacon from the client's budget; `false` when it is spent.
     pub fn allow(&self, client: Option<IpAddr>) -> bool {
-        let Some(client) = client else { return true };
-        let used = self.budget.get_with(client, || Arc::new(AtomicU32::new(0)));
-        used.fetch_add(1, Ordering::Relaxed) < BEACONS_PER_WINDOW
+        self.budget.allow(client)
     }
 
     pub fn count(&self, publication: PublicationId) {

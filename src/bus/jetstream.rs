@@ -10,26 +10,29 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use async_nats::jetstream::Context;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, PullConsumer, pull};
 use async_nats::jetstream::kv;
 use async_nats::jetstream::message::AckKind;
 use async_nats::jetstream::stream::{self, StorageType};
-use async_nats::jetstream::{self, Context};
 use futures_util::StreamExt;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use panneau_domain::{Envelope, PublicationEvent};
+
 use crate::codec::decode_event;
 use crate::projector::{Outcome, project};
 use crate::readmodel::FeedStore;
-use crate::store::RecordedEvent;
 use crate::store::sql::{CommitHook, OutboxRow, SqlStore};
+use crate::store::{EventStore, NotificationStore, RecordedEvent};
 
 pub const STREAM: &str = "PANNEAU_EVENTS";
 pub const SUBJECTS: &str = "panneau.events.>";
 pub const FEEDS_BUCKET: &str = "PANNEAU_FEEDS";
 pub const FEED_CONSUMER: &str = "feed-projector";
+pub const NOTIFIER_CONSUMER: &str = "notifier";
 /// The oldest server Panneau accepts.
 pub const MINIMUM_SERVER: (u64, u64, u64) = (2, 12, 6);
 /// Longer than anything the relays do between two publications of one row (a
@@ -120,6 +123,20 @@ fn topology_error<E: std::error::Error + Send + Sync + 'static>(
 pub struct Topology {
     pub feeds: kv::Store,
     pub feed_consumer: PullConsumer,
+    pub notifier_consumer: PullConsumer,
+}
+
+fn durable(name: &str, description: &str) -> pull::Config {
+    pull::Config {
+        durable_name: Some(name.to_owned()),
+        description: Some(description.to_owned()),
+        ack_policy: AckPolicy::Explicit,
+        ack_wait: Duration::from_secs(30),
+        deliver_policy: DeliverPolicy::All,
+        filter_subject: SUBJECTS.to_owned(),
+        max_ack_pending: 1_000,
+        ..Default::default()
+    }
 }
 
 /// Creates or updates the stream, the bucket and the consumers (idempotent, so
@@ -162,21 +179,23 @@ pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, 
         .await
         .map_err(topology_error("stream PANNEAU_EVENTS"))?;
     let feed_consumer: PullConsumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(FEED_CONSUMER.to_owned()),
-            description: Some("Feed projector, shared by every instance".to_owned()),
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
-            deliver_policy: DeliverPolicy::All,
-            filter_subject: SUBJECTS.to_owned(),
-            max_ack_pending: 1_000,
-            ..Default::default()
-        })
+        .create_consumer(durable(
+            FEED_CONSUMER,
+            "Feed projector, shared by every instance",
+        ))
         .await
         .map_err(topology_error("consumer feed-projector"))?;
+    let notifier_consumer: PullConsumer = stream
+        .create_consumer(durable(
+            NOTIFIER_CONSUMER,
+            "Notification projector: one job per notifying publication",
+        ))
+        .await
+        .map_err(topology_error("consumer notifier"))?;
     Ok(Topology {
         feeds,
         feed_consumer,
+        notifier_consumer,
     })
 }
 
@@ -330,48 +349,69 @@ impl Relay {
     }
 }
 
-/// Messages one instance's feed projector works on at once.
+/// Messages one instance's projector works on at once.
 const PROJECTOR_CONCURRENCY: usize = 32;
 
-/// Applies the event stream to the feed read model through the shared durable
-/// consumer, until `shutdown`. A redelivered event is acknowledged without
-/// effect; an event whose predecessor has not been applied yet is handed back
-/// for later.
-pub async fn run_feed_projector(
+/// What to do with a message once handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Done (or nothing to do): acknowledge.
+    Done,
+    /// Not now: hand it back to be delivered again after this delay.
+    Later(Duration),
+}
+
+/// Consumes a durable pull consumer until `shutdown`, `concurrency` messages at
+/// once, decoding each event and acknowledging it as `handle` says. An event
+/// that does not decode is terminated and reported loudly, never skipped silently.
+pub async fn consume<F, Fut>(
     consumer: PullConsumer,
-    feeds: Arc<dyn FeedStore>,
+    name: &'static str,
+    concurrency: usize,
     shutdown: CancellationToken,
-) {
+    handle: F,
+) where
+    F: Fn(Envelope<PublicationEvent>) -> Fut,
+    Fut: std::future::Future<Output = Disposition>,
+{
     loop {
         let messages = match consumer.messages().await {
             Ok(messages) => messages,
             Err(error) => {
-                tracing::warn!(error = %error, "feed projector cannot pull; retrying");
+                tracing::warn!(consumer = name, error = %error, "cannot pull; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
             }
         };
-        // Up to PROJECTOR_CONCURRENCY messages at once: events of different streams
-        // commute, and two events of one stream resolve themselves (the later one
-        // sees a gap and is handed back).
-        let feeds = feeds.as_ref();
-        let work = messages
+        let handle = &handle;
+        messages
             .take_until(shutdown.cancelled())
             .take_while(|next| {
                 let ok = next.is_ok();
                 if let Err(error) = next {
-                    tracing::warn!(error = %error, "feed projector lost its pull subscription");
+                    tracing::warn!(consumer = name, error = %error, "lost the pull subscription");
                 }
                 std::future::ready(ok)
             })
-            .for_each_concurrent(PROJECTOR_CONCURRENCY, |next| async move {
-                if let Ok(message) = next {
-                    handle(&message, feeds).await;
+            .for_each_concurrent(concurrency, |next| async move {
+                let Ok(message) = next else { return };
+                let kind = match decode_event(&message.payload) {
+                    Ok(envelope) => match handle(envelope).await {
+                        Disposition::Done => AckKind::Ack,
+                        Disposition::Later(delay) => AckKind::Nak(Some(delay)),
+                    },
+                    Err(error) => {
+                        tracing::error!(consumer = name, error = %error, subject = %message.subject, "undecodable event on the bus");
+                        AckKind::Term
+                    }
+                };
+                if let Err(error) = message.ack_with(kind).await {
+                    tracing::warn!(consumer = name, error = %error, "cannot acknowledge; the message will come again");
                 }
-            });
-        work.await;
+            })
+            .await;
         if shutdown.is_cancelled() {
             return;
         }
@@ -382,30 +422,59 @@ pub async fn run_feed_projector(
     }
 }
 
-async fn handle(message: &jetstream::Message, feeds: &dyn FeedStore) {
-    let envelope = match decode_event(&message.payload) {
-        Ok(envelope) => envelope,
-        Err(error) => {
-            // Not ours to skip silently: stop its redelivery and say so loudly.
-            tracing::error!(error = %error, subject = %message.subject, "undecodable event on the bus");
-            let _ = message.ack_with(AckKind::Term).await;
-            return;
+/// Applies the event stream to the feed read model through the shared durable
+/// consumer. A redelivered event is acknowledged without effect; an event whose
+/// predecessor has not been applied yet is handed back for later.
+pub async fn run_feed_projector(
+    consumer: PullConsumer,
+    feeds: Arc<dyn FeedStore>,
+    shutdown: CancellationToken,
+) {
+    let feeds = feeds.as_ref();
+    consume(consumer, FEED_CONSUMER, PROJECTOR_CONCURRENCY, shutdown, |envelope| async move {
+        match project(feeds, &envelope).await {
+            Ok(Outcome::Applied | Outcome::Duplicate) => Disposition::Done,
+            Ok(Outcome::Gap { expected }) => {
+                tracing::debug!(stream = %envelope.stream_id, expected, "waiting for an earlier event");
+                Disposition::Later(Duration::from_millis(100))
+            }
+            Err(error) => {
+                tracing::warn!(error = %error, stream = %envelope.stream_id, "cannot project; will retry");
+                Disposition::Later(Duration::from_secs(1))
+            }
         }
-    };
-    let kind = match project(feeds, &envelope).await {
-        Ok(Outcome::Applied | Outcome::Duplicate) => AckKind::Ack,
-        Ok(Outcome::Gap { expected }) => {
-            tracing::debug!(stream = %envelope.stream_id, expected, "waiting for an earlier event");
-            AckKind::Nak(Some(Duration::from_millis(100)))
-        }
-        Err(error) => {
-            tracing::warn!(error = %error, stream = %envelope.stream_id, "cannot project; will retry");
-            AckKind::Nak(Some(Duration::from_secs(1)))
-        }
-    };
-    if let Err(error) = message.ack_with(kind).await {
-        tracing::warn!(error = %error, "cannot acknowledge a message; it will be redelivered");
-    }
+    })
+    .await;
+}
+
+/// Creates notification jobs from the event stream (see `notifier::on_event`).
+pub async fn run_notifier(
+    consumer: PullConsumer,
+    log: Arc<dyn EventStore>,
+    jobs: Arc<dyn NotificationStore>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let (log, jobs, wake) = (log.as_ref(), jobs.as_ref(), wake.as_ref());
+    consume(
+        consumer,
+        NOTIFIER_CONSUMER,
+        8,
+        shutdown,
+        |envelope| async move {
+            match crate::notifier::on_event(log, jobs, &envelope).await {
+                Ok(()) => {
+                    wake.notify_one();
+                    Disposition::Done
+                }
+                Err(error) => {
+                    tracing::warn!(error = %error, "cannot record a notification job; will retry");
+                    Disposition::Later(Duration::from_secs(1))
+                }
+            }
+        },
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -8,13 +8,15 @@
 use async_trait::async_trait;
 use futures_util::stream::BoxStream;
 use panneau_domain::{
-    Envelope, PublicationEvent, PublicationId, PublisherId, RequestId, Role, Scope, StreamId,
-    Timestamp, TokenId,
+    Envelope, InseeCode, Locale, Platform, Priority, PublicationEvent, PublicationId, PublisherId,
+    PushToken, RequestId, Role, Scope, StreamId, Timestamp, TokenId,
 };
+use uuid::Uuid;
 
 use crate::codec::CodecError;
 
 pub mod sql;
+mod sql_push;
 
 /// An event as stored, with its place in the log.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -317,3 +319,249 @@ pub struct NewToken {
 /// Both stores, as one handle.
 pub trait Store: EventStore + StateStore {}
 impl<T: EventStore + StateStore> Store for T {}
+
+/// A device to register.
+#[derive(Debug, Clone)]
+pub struct NewDevice {
+    pub platform: Platform,
+    pub token: PushToken,
+    pub locale: Locale,
+    pub communes: Vec<InseeCode>,
+    pub secret_hash: [u8; 32],
+}
+
+/// Devices and the communes they want notifications for.
+#[async_trait]
+pub trait DeviceStore: Send + Sync + 'static {
+    /// Registers a device and returns its id. A device already registered with
+    /// the same token is replaced (a reinstalled app must not be notified twice).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn register_device(&self, device: &NewDevice, now: Timestamp)
+    -> Result<Uuid, StoreError>;
+
+    /// The hash of the device's secret and its platform, if the device exists.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn device_secret(&self, id: Uuid) -> Result<Option<([u8; 32], Platform)>, StoreError>;
+
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn set_device_communes(&self, id: Uuid, communes: &[InseeCode])
+    -> Result<(), StoreError>;
+
+    /// Replaces the push token (and re-enables a device the push service had disabled).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn set_device_token(
+        &self,
+        id: Uuid,
+        token: &PushToken,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Erases every trace of a device; `false` if there was none.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn delete_device(&self, id: Uuid) -> Result<bool, StoreError>;
+
+    /// Disables a dead token: only if it was registered before `registered_before`
+    /// when given (APNs reports when it last saw the token valid).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn disable_device(
+        &self,
+        id: Uuid,
+        registered_before: Option<Timestamp>,
+        now: Timestamp,
+    ) -> Result<bool, StoreError>;
+}
+
+/// Where a notification job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Done,
+    /// Could not start in time; dropped and counted, not sent late.
+    Expired,
+    /// The publication was retracted before every device was reached.
+    Cancelled,
+}
+
+impl JobStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "pending",
+            JobStatus::Running => "running",
+            JobStatus::Done => "done",
+            JobStatus::Expired => "expired",
+            JobStatus::Cancelled => "cancelled",
+        }
+    }
+
+    pub fn parse(text: &str) -> Option<Self> {
+        [
+            JobStatus::Pending,
+            JobStatus::Running,
+            JobStatus::Done,
+            JobStatus::Expired,
+            JobStatus::Cancelled,
+        ]
+        .into_iter()
+        .find(|s| s.as_str() == text)
+    }
+}
+
+/// A notification job to create.
+#[derive(Debug, Clone)]
+pub struct NewJob {
+    pub publication: PublicationId,
+    /// Sorted, each once.
+    pub communes: Vec<InseeCode>,
+    pub priority: Priority,
+    pub title: String,
+    pub body: String,
+    pub published_at: Timestamp,
+}
+
+/// A job as stored, with its checkpoint.
+#[derive(Debug, Clone)]
+pub struct NotificationJob {
+    pub job: NewJob,
+    pub status: JobStatus,
+    pub created_at: Timestamp,
+    pub commune_index: usize,
+    pub last_device: Option<Uuid>,
+    pub sent: u64,
+    pub failed: u64,
+    pub disabled: u64,
+}
+
+/// One device to notify.
+#[derive(Debug, Clone)]
+pub struct Target {
+    pub device: Uuid,
+    pub platform: Platform,
+    pub token: String,
+    pub locale: String,
+    pub token_updated_at: Timestamp,
+}
+
+/// What a batch changed: the new checkpoint and the counts to add.
+#[derive(Debug, Clone, Default)]
+pub struct Progress {
+    pub commune_index: usize,
+    pub last_device: Option<Uuid>,
+    pub sent: u64,
+    pub failed: u64,
+    pub disabled: u64,
+}
+
+/// The job lease was lost (it expired and another instance took the job).
+#[derive(Debug, thiserror::Error)]
+#[error("the job's lease was lost")]
+pub struct LeaseLost;
+
+/// Notification jobs and their progress.
+#[async_trait]
+pub trait NotificationStore: Send + Sync + 'static {
+    /// Creates the job of a publication; `false` when it already exists (so a
+    /// publication is notified at most once, whatever is replayed).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn create_job(&self, job: &NewJob, now: Timestamp) -> Result<bool, StoreError>;
+
+    /// Stops a job that has not finished (the publication was retracted).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn cancel_job(
+        &self,
+        publication: PublicationId,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// Takes the lease of a runnable job (pending, or running with an expired lease).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn claim_job(
+        &self,
+        owner: Uuid,
+        lease_until: Timestamp,
+        now: Timestamp,
+    ) -> Result<Option<NotificationJob>, StoreError>;
+
+    /// Up to `limit` enabled devices subscribed to `communes[index]`, after device
+    /// `after`, in id order, leaving out those subscribed to an earlier commune
+    /// of the list (they were reached through that one).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn audience(
+        &self,
+        communes: &[InseeCode],
+        index: usize,
+        after: Option<Uuid>,
+        limit: u32,
+    ) -> Result<Vec<Target>, StoreError>;
+
+    /// Claims devices for a job before sending to them, under the job's lease;
+    /// returns those not claimed before (the others were sent to before a crash).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`; `Ok(Err(LeaseLost))` when another worker owns the job.
+    async fn claim_deliveries(
+        &self,
+        publication: PublicationId,
+        owner: Uuid,
+        devices: &[Uuid],
+        lease_until: Timestamp,
+    ) -> Result<Result<Vec<Uuid>, LeaseLost>, StoreError>;
+
+    /// Saves the checkpoint and counts, renewing the lease.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`; `Ok(Err(LeaseLost))` when another worker owns the job.
+    async fn record_progress(
+        &self,
+        publication: PublicationId,
+        owner: Uuid,
+        progress: &Progress,
+        lease_until: Timestamp,
+    ) -> Result<Result<(), LeaseLost>, StoreError>;
+
+    /// Ends a job and forgets its claimed devices.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn finish_job(
+        &self,
+        publication: PublicationId,
+        status: JobStatus,
+        now: Timestamp,
+    ) -> Result<(), StoreError>;
+
+    /// The job of a publication, if any.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn job(&self, publication: PublicationId) -> Result<Option<NotificationJob>, StoreError>;
+
+    /// Where a named consumer of the local log stopped (embedded mode).
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn consumer_position(&self, name: &str) -> Result<i64, StoreError>;
+
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn save_consumer_position(&self, name: &str, position: i64) -> Result<(), StoreError>;
+}

@@ -60,8 +60,8 @@ impl Default for PoolSettings {
 /// The SQL store.
 #[derive(Clone)]
 pub struct SqlStore {
-    pool: AnyPool,
-    dialect: Dialect,
+    pub(super) pool: AnyPool,
+    pub(super) dialect: Dialect,
     /// SQLite has one writer; serialising appends in-process also hands events to
     /// the in-process bus in commit order.
     append_lock: Option<Arc<Mutex<()>>>,
@@ -90,16 +90,30 @@ fn migrator(dialect: Dialect) -> Migrator {
         )
     };
     let mut migrator = match dialect {
-        Dialect::Sqlite => Migrator::with_migrations(vec![migration(
-            1,
-            "event log and state tables",
-            include_str!("../../migrations/sqlite/0001_initial.sql"),
-        )]),
-        Dialect::MariaDb => Migrator::with_migrations(vec![migration(
-            1,
-            "event log, outbox and state tables",
-            include_str!("../../migrations/mariadb/0001_initial.sql"),
-        )]),
+        Dialect::Sqlite => Migrator::with_migrations(vec![
+            migration(
+                1,
+                "event log and state tables",
+                include_str!("../../migrations/sqlite/0001_initial.sql"),
+            ),
+            migration(
+                2,
+                "devices and notifications",
+                include_str!("../../migrations/sqlite/0002_devices_and_notifications.sql"),
+            ),
+        ]),
+        Dialect::MariaDb => Migrator::with_migrations(vec![
+            migration(
+                1,
+                "event log, outbox and state tables",
+                include_str!("../../migrations/mariadb/0001_initial.sql"),
+            ),
+            migration(
+                2,
+                "devices and notifications",
+                include_str!("../../migrations/mariadb/0002_devices_and_notifications.sql"),
+            ),
+        ]),
     };
     // sqlx locks migrations with GET_LOCK on MySQL, which Galera does not
     // replicate; the migrations are idempotent (IF NOT EXISTS) instead.
@@ -107,30 +121,32 @@ fn migrator(dialect: Dialect) -> Migrator {
     migrator
 }
 
-fn uuid_bytes(id: Uuid) -> Vec<u8> {
+pub(super) fn uuid_bytes(id: Uuid) -> Vec<u8> {
     id.as_bytes().to_vec()
 }
 
-fn decode_error(what: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> StoreError {
+pub(super) fn decode_error(
+    what: impl Into<Box<dyn std::error::Error + Send + Sync>>,
+) -> StoreError {
     StoreError::Database(sqlx::Error::Decode(what.into()))
 }
 
-fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
+pub(super) fn uuid_from(bytes: &[u8]) -> Result<Uuid, StoreError> {
     Uuid::from_slice(bytes).map_err(decode_error)
 }
 
-fn column<T>(row: &AnyRow, name: &str) -> Result<T, StoreError>
+pub(super) fn column<T>(row: &AnyRow, name: &str) -> Result<T, StoreError>
 where
     T: for<'r> sqlx::Decode<'r, sqlx::Any> + sqlx::Type<sqlx::Any>,
 {
     row.try_get(name).map_err(StoreError::Database)
 }
 
-fn uuid_column(row: &AnyRow, name: &str) -> Result<Uuid, StoreError> {
+pub(super) fn uuid_column(row: &AnyRow, name: &str) -> Result<Uuid, StoreError> {
     uuid_from(&column::<Vec<u8>>(row, name)?)
 }
 
-fn micros_column(row: &AnyRow, name: &str) -> Result<Timestamp, StoreError> {
+pub(super) fn micros_column(row: &AnyRow, name: &str) -> Result<Timestamp, StoreError> {
     Ok(Timestamp::from_unix_micros(column::<i64>(row, name)?))
 }
 
@@ -244,6 +260,18 @@ impl SqlStore {
         self.dialect
     }
 
+    /// Begins a transaction that will write. SQLite takes the write lock at once
+    /// (`BEGIN IMMEDIATE`): a deferred transaction that reads then writes fails
+    /// with SQLITE_BUSY, without waiting, when another connection writes.
+    pub(super) async fn begin_write(
+        &self,
+    ) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        match self.dialect {
+            Dialect::Sqlite => self.pool.begin_with("BEGIN IMMEDIATE").await,
+            Dialect::MariaDb => self.pool.begin().await,
+        }
+    }
+
     /// Runs the pending migrations.
     ///
     /// # Errors
@@ -324,7 +352,7 @@ impl SqlStore {
                 envelope: envelope.clone(),
             }]);
         }
-        let mut tx = self.pool.begin().await.map_err(AppendFailure::Other)?;
+        let mut tx = self.begin_write().await.map_err(AppendFailure::Other)?;
         let mut recorded = Vec::with_capacity(append.events.len());
         for (i, envelope) in append.events.iter().enumerate() {
             let row = Self::insert_event(append, i)
@@ -724,7 +752,7 @@ impl StateStore for SqlStore {
     ) -> Result<(PublisherId, TokenId), StoreError> {
         let publisher = PublisherId::new(Uuid::now_v7());
         let token_id = TokenId::new(Uuid::now_v7());
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut tx = self.begin_write().await.map_err(StoreError::from_sqlx)?;
         sqlx::query("INSERT INTO publishers (id, name, created_at) VALUES (?, ?, ?)")
             .bind(uuid_bytes(publisher.as_uuid()))
             .bind(name.to_owned())
@@ -743,7 +771,7 @@ impl StateStore for SqlStore {
         token: &NewToken,
         now: Timestamp,
     ) -> Result<Option<TokenId>, StoreError> {
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut tx = self.begin_write().await.map_err(StoreError::from_sqlx)?;
         let exists = sqlx::query("SELECT id FROM publishers WHERE id = ?")
             .bind(uuid_bytes(publisher.as_uuid()))
             .fetch_optional(&mut *tx)
@@ -866,7 +894,7 @@ impl StateStore for SqlStore {
                  ON DUPLICATE KEY UPDATE views = views + VALUES(views)"
             }
         };
-        let mut tx = self.pool.begin().await.map_err(StoreError::from_sqlx)?;
+        let mut tx = self.begin_write().await.map_err(StoreError::from_sqlx)?;
         for (publication, count) in views {
             sqlx::query(sql)
                 .bind(uuid_bytes(publication.as_uuid()))

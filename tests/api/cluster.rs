@@ -311,7 +311,7 @@ async fn an_instance_killed_during_a_burst_loses_no_acknowledged_publication() {
         .map(|c| c.code.as_str().to_owned())
         .collect();
 
-    let client = reqwest::Client::new();
+    let client = crate::helpers::http_client();
     let url = a.url("/v1/publications");
     let mut burst = tokio::task::JoinSet::new();
     for code in codes.clone() {
@@ -441,4 +441,117 @@ async fn concurrent_misses_for_one_feed_cost_one_load_from_the_store() {
         before + 1,
         "fifty concurrent readers, one load"
     );
+}
+
+#[tokio::test]
+async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() {
+    use panneau::store::{DeviceStore, NewDevice, NotificationStore, StateStore};
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let fake = crate::fake_push::FakePush::start(true).await;
+    let keys = tempfile::tempdir().unwrap();
+    let account = fake.service_account(keys.path());
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let token = "pnn_fanout_test".to_owned();
+    store
+        .create_publisher(
+            "Mairie",
+            &panneau::store::NewToken {
+                hash: panneau::api::publisher::token_hash(&token),
+                role: panneau_domain::Role::Editor,
+                scope: communes(&["35238", "35051"]),
+            },
+            panneau::now(),
+        )
+        .await
+        .unwrap();
+    // Slow devices (300 ms each at the provider), some on both communes.
+    for n in 0..120 {
+        let communes: Vec<_> = if n % 3 == 0 {
+            vec!["35238", "35051"]
+        } else {
+            vec!["35238"]
+        };
+        let device = NewDevice {
+            platform: panneau_domain::Platform::Fcm,
+            token: panneau_domain::PushToken::parse(format!("slow-{n}")).unwrap(),
+            locale: panneau_domain::Locale::parse("fr").unwrap(),
+            communes: communes
+                .iter()
+                .map(|c| panneau_domain::InseeCode::parse(c).unwrap())
+                .collect(),
+            secret_hash: [0; 32],
+        };
+        store
+            .register_device(&device, panneau::now())
+            .await
+            .unwrap();
+    }
+    let concurrency = 4;
+    let settings = [
+        ("PANNEAU_FCM_CREDENTIALS", account.display().to_string()),
+        ("PANNEAU_FCM_ENDPOINT", fake.url.clone()),
+        ("PANNEAU_PUSH_CONCURRENCY", concurrency.to_string()),
+        ("PANNEAU_PUSH_LEASE_SECONDS", "3".to_owned()),
+    ];
+    let logs = tempfile::tempdir().unwrap();
+    let mut first = Instance::start_with(&database.url(), &nats.url(), logs.path(), &settings);
+    let response = crate::helpers::http_client()
+        .post(first.url("/v1/publications"))
+        .bearer_auth(&token)
+        .json(&notice(&["35238", "35051"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    let id = response.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while fake.accepted() < 30 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fan-out did not start"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    first.kill();
+    let sent_before = fake.accepted();
+    assert!(sent_before < 120, "killed halfway ({sent_before} sent)");
+
+    let _second = Instance::start_with(&database.url(), &nats.url(), logs.path(), &settings);
+    let publication = panneau_domain::PublicationId::parse(&id).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let job = loop {
+        let job = store
+            .job(publication)
+            .await
+            .unwrap()
+            .expect("the job exists");
+        if job.status == panneau::store::JobStatus::Done {
+            break job;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the fan-out never completed"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let deliveries = fake.deliveries();
+    assert!(
+        deliveries.values().all(|n| *n == 1),
+        "a device was notified twice"
+    );
+    // At most the sends in flight when the instance died are lost (at-most-once).
+    assert!(
+        deliveries.len() >= 120 - concurrency,
+        "{} of 120 reached",
+        deliveries.len()
+    );
+    assert!(job.sent >= (120 - concurrency) as u64);
+    store.close().await;
 }

@@ -35,6 +35,7 @@ pub struct TestApp {
     /// The database this instance uses (SQLite in `dir`, or MariaDB).
     pub database_url: String,
     pub nats_url: Option<String>,
+    tweak: Option<Tweak>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<anyhow::Result<()>>>,
 }
@@ -81,12 +82,27 @@ pub async fn spawn_app() -> TestApp {
 
 /// A cluster-mode instance on MariaDB and NATS JetStream.
 pub async fn spawn_cluster_app(database_url: &str, nats_url: &str) -> TestApp {
-    spawn_with(
+    spawn_inner(
         tempfile::tempdir().unwrap(),
         database_url.to_owned(),
         Some(nats_url.to_owned()),
+        None,
     )
     .await
+}
+
+/// A tweak of the configuration (push gateways, say), kept across restarts.
+pub type Tweak = std::sync::Arc<dyn Fn(&mut Config) + Send + Sync>;
+
+/// An instance whose configuration `tweak` adjusts (embedded when `database_url` is `None`).
+pub async fn spawn_tweaked(
+    database_url: Option<&str>,
+    nats_url: Option<&str>,
+    tweak: Tweak,
+) -> TestApp {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let url = database_url.map_or_else(|| self::database_url(dir.path()), str::to_owned);
+    spawn_inner(dir, url, nats_url.map(str::to_owned), Some(tweak)).await
 }
 
 async fn spawn_with(
@@ -94,17 +110,34 @@ async fn spawn_with(
     database_url: String,
     nats_url: Option<String>,
 ) -> TestApp {
+    spawn_inner(dir, database_url, nats_url, None).await
+}
+
+async fn spawn_inner(
+    dir: tempfile::TempDir,
+    database_url: String,
+    nats_url: Option<String>,
+    tweak: Option<Tweak>,
+) -> TestApp {
     init_tracing();
-    let (http, ops, stop, server) = start(config_for(&database_url, nats_url.as_deref())).await;
+    let mut config = config_for(&database_url, nats_url.as_deref());
+    if let Some(tweak) = &tweak {
+        tweak(&mut config);
+    }
+    let (http, ops, stop, server) = start(config).await;
     TestApp {
         database_url,
         nats_url,
+        tweak,
         address: format!("http://{http}"),
         ops_address: format!("http://{ops}"),
-        client: reqwest::Client::builder()
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .unwrap(),
+        client: {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .build()
+                .unwrap()
+        },
         dir,
         stop: Some(stop),
         server: Some(server),
@@ -119,8 +152,11 @@ impl TestApp {
     /// Stops the instance (graceful shutdown) and starts a new one on the same database.
     pub async fn restart(&mut self) {
         self.stop().await;
-        let (http, ops, stop, server) =
-            start(config_for(&self.database_url, self.nats_url.as_deref())).await;
+        let mut config = config_for(&self.database_url, self.nats_url.as_deref());
+        if let Some(tweak) = &self.tweak {
+            tweak(&mut config);
+        }
+        let (http, ops, stop, server) = start(config).await;
         self.address = format!("http://{http}");
         self.ops_address = format!("http://{ops}");
         self.stop = Some(stop);
@@ -367,4 +403,10 @@ pub fn fields(problem: &Value) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// An HTTP client for tests (reqwest's TLS needs a crypto provider installed).
+pub fn http_client() -> reqwest::Client {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::new()
 }

@@ -307,6 +307,16 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(database_url: &str, nats_url: &str, log_dir: &Path) -> Self {
+        Self::start_with(database_url, nats_url, log_dir, &[])
+    }
+
+    /// Starts with extra `PANNEAU_*` settings.
+    pub fn start_with(
+        database_url: &str,
+        nats_url: &str,
+        log_dir: &Path,
+        settings: &[(&str, String)],
+    ) -> Self {
         let (http, ops) = (free_port(), free_port());
         let log = log_dir.join(format!("instance-{http}.log"));
         let child = Command::new(env!("CARGO_BIN_EXE_panneau"))
@@ -317,6 +327,7 @@ impl Instance {
             .env("PANNEAU_LOG_FORMAT", "json")
             .env("PANNEAU_LOG_LEVEL", "info")
             .env_remove("PANNEAU_CONFIG")
+            .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::fs::File::create(&log).unwrap())
             .stderr(Stdio::null())
             .spawn()

@@ -5,9 +5,12 @@ mod bad_input;
 mod cli;
 mod cluster;
 mod communes;
+#[path = "../support/fake_push.rs"]
+mod fake_push;
 mod helpers;
 mod infra;
 mod ops;
 mod publishing;
+mod push;
 mod reading;
 mod store;

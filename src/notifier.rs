@@ -1,0 +1,470 @@
+//! Notifications: one job per notifying publication, created at most once, and
+//! the fan-out that reaches every subscribed device once.
+//!
+//! - [`on_event`] is the notification projector: a publication that goes live
+//!   with `notify` gets its job (the job's primary key makes replays and
+//!   redeliveries harmless); a retraction cancels an unfinished job; amendments
+//!   never notify. The feed replay of the ops tooling never comes here.
+//! - [`FanOut`] runs jobs on every instance: a lease (conditional UPDATE) gives a
+//!   job to one instance; the audience is streamed in batches (keyset pagination,
+//!   memory bounded whatever its size); each batch's devices are claimed in the
+//!   database before anything is sent, and the checkpoint is saved after, so a
+//!   crash resumes where it stopped without notifying anyone twice.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use panneau_domain::{
+    Envelope, Priority, Publication, PublicationEvent, Status, StreamId, Timestamp, evolve,
+};
+use tokio::sync::{Notify, broadcast};
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+use uuid::Uuid;
+
+use crate::push::{Backoff, Gateways, PushMessage, RateLimiter, SendOutcome};
+use crate::store::{
+    DeviceStore, EventStore, JobStatus, NewJob, NotificationJob, NotificationStore, Progress,
+    RecordedEvent, StoreError, Target,
+};
+
+/// Settings of the notifier.
+#[derive(Debug, Clone)]
+pub struct NotifierSettings {
+    /// The push carries only ids, no text.
+    pub privacy: bool,
+    /// How long a push service may keep an undelivered notification.
+    pub ttl: Duration,
+    /// A normal publication whose job could not start within this is dropped.
+    pub stale_after: Duration,
+    /// The same for urgent publications.
+    pub urgent_stale_after: Duration,
+    /// Messages per second, all platforms together (FCM's default quota is
+    /// 600,000 per minute per project).
+    pub rate_per_second: u32,
+    /// Sends in flight at once.
+    pub concurrency: usize,
+    /// Devices read from the audience at once.
+    pub batch: u32,
+    /// How long a job stays with a worker that stopped reporting.
+    pub lease: Duration,
+    pub backoff: Backoff,
+}
+
+impl Default for NotifierSettings {
+    fn default() -> Self {
+        Self {
+            privacy: false,
+            ttl: Duration::from_secs(24 * 3600),
+            stale_after: Duration::from_secs(2 * 3600),
+            urgent_stale_after: Duration::from_secs(24 * 3600),
+            rate_per_second: 9_000,
+            concurrency: 256,
+            batch: 1_000,
+            lease: Duration::from_secs(60),
+            backoff: Backoff::default(),
+        }
+    }
+}
+
+/// The longest excerpt of a body put in a notification.
+const EXCERPT_CHARS: usize = 200;
+
+fn excerpt(body: &str) -> String {
+    if body.chars().count() <= EXCERPT_CHARS {
+        return body.to_owned();
+    }
+    let mut text: String = body.chars().take(EXCERPT_CHARS - 1).collect();
+    text.push('…');
+    text
+}
+
+/// Applies one event to the notification jobs.
+///
+/// # Errors
+/// `StoreError` when the log or the job table cannot be reached (retry later).
+pub async fn on_event(
+    log: &dyn EventStore,
+    jobs: &dyn NotificationStore,
+    envelope: &Envelope<PublicationEvent>,
+) -> Result<(), StoreError> {
+    let now = crate::now();
+    match &envelope.payload {
+        PublicationEvent::Published(e) if e.notify => {
+            let job = NewJob {
+                publication: e.id,
+                communes: e.content.communes.iter().copied().collect(),
+                priority: e.content.priority,
+                title: e.content.title.as_str().to_owned(),
+                body: excerpt(e.content.body.as_str()),
+                published_at: e.published_at,
+            };
+            if jobs.create_job(&job, now).await? {
+                tracing::info!(publication = %e.id, communes = job.communes.len(), "notification job created");
+            }
+        }
+        PublicationEvent::WentLive(e) => {
+            // A scheduled publication notifies with its content as it is now.
+            let events = log.read_stream(&StreamId::publication(e.id)).await?;
+            let state = events.iter().fold(Publication::Absent, |state, r| {
+                evolve(state, &r.envelope.payload)
+            });
+            if let Some(state) = state.state()
+                && state.notify
+                && let Status::Live { published_at } = state.status
+            {
+                let job = NewJob {
+                    publication: e.id,
+                    communes: state.content.communes.iter().copied().collect(),
+                    priority: state.content.priority,
+                    title: state.content.title.as_str().to_owned(),
+                    body: excerpt(state.content.body.as_str()),
+                    published_at,
+                };
+                if jobs.create_job(&job, now).await? {
+                    tracing::info!(publication = %e.id, "notification job created for a scheduled publication");
+                }
+            }
+        }
+        PublicationEvent::Retracted(e) => jobs.cancel_job(e.id, now).await?,
+        // Scheduling, amendments and notify=false publications never notify.
+        PublicationEvent::Published(_)
+        | PublicationEvent::Scheduled(_)
+        | PublicationEvent::Amended(_) => {}
+    }
+    Ok(())
+}
+
+/// The name under which the embedded notifier saves its position in the log.
+const EMBEDDED_CONSUMER: &str = "notifier";
+
+/// The embedded notification projector: the local log from where it stopped,
+/// then the in-process bus.
+pub async fn run_embedded(
+    log: Arc<dyn EventStore>,
+    jobs: Arc<dyn NotificationStore>,
+    mut bus: broadcast::Receiver<Arc<RecordedEvent>>,
+    wake: Arc<Notify>,
+    shutdown: CancellationToken,
+) {
+    let mut position = loop {
+        match jobs.consumer_position(EMBEDDED_CONSUMER).await {
+            Ok(position) => break position,
+            Err(error) => {
+                tracing::warn!(error = %error, "notifier cannot read its position; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => {}
+                }
+            }
+        }
+    };
+    let mut catching_up = true;
+    loop {
+        if catching_up {
+            let mut events = log.read_after(position);
+            let mut failed = false;
+            while let Some(event) = events.next().await {
+                match event {
+                    Ok(event) => {
+                        if let Err(error) =
+                            on_event(log.as_ref(), jobs.as_ref(), &event.envelope).await
+                        {
+                            tracing::warn!(error = %error, "notifier will retry");
+                            failed = true;
+                            break;
+                        }
+                        position = event.position;
+                        wake.notify_one();
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "notifier cannot read the log");
+                        failed = true;
+                        break;
+                    }
+                }
+            }
+            drop(events);
+            if let Err(error) = jobs
+                .save_consumer_position(EMBEDDED_CONSUMER, position)
+                .await
+            {
+                tracing::warn!(error = %error, "notifier cannot save its position");
+            }
+            if failed {
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+            catching_up = false;
+        }
+        let received = tokio::select! {
+            () = shutdown.cancelled() => return,
+            received = bus.recv() => received,
+        };
+        match received {
+            Ok(event) if event.position <= position => {}
+            Ok(event) if event.position == position + 1 => {
+                match on_event(log.as_ref(), jobs.as_ref(), &event.envelope).await {
+                    Ok(()) => {
+                        position = event.position;
+                        wake.notify_one();
+                        if let Err(error) = jobs
+                            .save_consumer_position(EMBEDDED_CONSUMER, position)
+                            .await
+                        {
+                            tracing::warn!(error = %error, "notifier cannot save its position");
+                        }
+                    }
+                    Err(error) => {
+                        tracing::warn!(error = %error, "notifier will catch up from the log");
+                        catching_up = true;
+                    }
+                }
+            }
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => catching_up = true,
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+    }
+}
+
+/// Store operations the fan-out needs.
+pub trait FanOutStore: NotificationStore + DeviceStore {}
+impl<T: NotificationStore + DeviceStore> FanOutStore for T {}
+
+/// Runs notification jobs.
+pub struct FanOut {
+    pub store: Arc<dyn FanOutStore>,
+    pub gateways: Gateways,
+    pub settings: NotifierSettings,
+    pub rate: Arc<RateLimiter>,
+    /// This worker's identity in job leases.
+    pub owner: Uuid,
+}
+
+impl std::fmt::Debug for FanOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FanOut")
+            .field("owner", &self.owner)
+            .finish_non_exhaustive()
+    }
+}
+
+fn in_future(duration: Duration) -> Timestamp {
+    crate::now().plus_micros(i64::try_from(duration.as_micros()).unwrap_or(i64::MAX))
+}
+
+enum Ended {
+    Finished,
+    LeaseLost,
+}
+
+impl FanOut {
+    /// Takes and runs jobs until `shutdown`; `wake` says a job may be waiting.
+    pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
+        loop {
+            let claimed = self
+                .store
+                .claim_job(self.owner, in_future(self.settings.lease), crate::now())
+                .await;
+            match claimed {
+                Ok(Some(job)) => {
+                    let publication = job.job.publication;
+                    let span = tracing::info_span!("fan-out", %publication);
+                    match self.run_job(job, &shutdown).instrument(span).await {
+                        Ok(Ended::Finished) => {}
+                        Ok(Ended::LeaseLost) => {
+                            tracing::info!(%publication, "job left to another worker")
+                        }
+                        Err(error) => {
+                            tracing::warn!(%publication, error = %error, "fan-out interrupted; it will resume")
+                        }
+                    }
+                    continue;
+                }
+                Ok(None) => {}
+                Err(error) => tracing::warn!(error = %error, "cannot look for notification jobs"),
+            }
+            tokio::select! {
+                () = shutdown.cancelled() => return,
+                () = wake.notified() => {}
+                () = tokio::time::sleep(Duration::from_millis(500)) => {}
+            }
+        }
+    }
+
+    async fn run_job(
+        &self,
+        job: NotificationJob,
+        shutdown: &CancellationToken,
+    ) -> Result<Ended, StoreError> {
+        let publication = job.job.publication;
+        let limit = match job.job.priority {
+            Priority::Urgent => self.settings.urgent_stale_after,
+            Priority::Normal => self.settings.stale_after,
+        };
+        let age = Duration::from_micros(job.job.published_at.micros_until(crate::now()));
+        if job.status == JobStatus::Pending && age > limit {
+            tracing::warn!(%publication, age_s = age.as_secs(), "notification job too old to start; dropped");
+            self.store
+                .finish_job(publication, JobStatus::Expired, crate::now())
+                .await?;
+            return Ok(Ended::Finished);
+        }
+        let message = PushMessage {
+            publication,
+            title: job.job.title.clone(),
+            body: job.job.body.clone(),
+            urgent: job.job.priority == Priority::Urgent,
+            privacy: self.settings.privacy,
+            ttl: self.settings.ttl,
+        };
+        let communes = &job.job.communes;
+        let mut index = job.commune_index;
+        let mut after = job.last_device;
+        let started = std::time::Instant::now();
+        let mut total = job.sent;
+        while index < communes.len() {
+            if shutdown.is_cancelled() {
+                return Ok(Ended::LeaseLost);
+            }
+            let targets = self
+                .store
+                .audience(communes, index, after, self.settings.batch)
+                .await?;
+            let Some(last) = targets.last().map(|t| t.device) else {
+                index += 1;
+                after = None;
+                let progress = Progress {
+                    commune_index: index,
+                    last_device: None,
+                    ..Progress::default()
+                };
+                if self
+                    .store
+                    .record_progress(
+                        publication,
+                        self.owner,
+                        &progress,
+                        in_future(self.settings.lease),
+                    )
+                    .await?
+                    .is_err()
+                {
+                    return Ok(Ended::LeaseLost);
+                }
+                continue;
+            };
+            // Devices are claimed just before they are sent to, a slice at a time:
+            // a crash loses at most the slice in flight (nobody gets it twice).
+            for slice in targets.chunks(self.settings.concurrency.max(1)) {
+                let ids: Vec<Uuid> = slice.iter().map(|t| t.device).collect();
+                let Ok(fresh) = self
+                    .store
+                    .claim_deliveries(
+                        publication,
+                        self.owner,
+                        &ids,
+                        in_future(self.settings.lease),
+                    )
+                    .await?
+                else {
+                    return Ok(Ended::LeaseLost);
+                };
+                let to_send: Vec<&Target> =
+                    slice.iter().filter(|t| fresh.contains(&t.device)).collect();
+                let mut progress = self.send_batch(&to_send, &message).await;
+                progress.commune_index = index;
+                progress.last_device = ids.last().copied();
+                total += progress.sent;
+                if self
+                    .store
+                    .record_progress(
+                        publication,
+                        self.owner,
+                        &progress,
+                        in_future(self.settings.lease),
+                    )
+                    .await?
+                    .is_err()
+                {
+                    return Ok(Ended::LeaseLost);
+                }
+            }
+            after = Some(last);
+        }
+        self.store
+            .finish_job(publication, JobStatus::Done, crate::now())
+            .await?;
+        tracing::info!(%publication, sent = total, seconds = started.elapsed().as_secs_f64(), "notification job done");
+        Ok(Ended::Finished)
+    }
+
+    async fn send_batch(&self, targets: &[&Target], message: &PushMessage) -> Progress {
+        let owned: Vec<Target> = targets.iter().map(|t| (*t).clone()).collect();
+        let outcomes: Vec<(Uuid, SendOutcome)> = futures_util::stream::iter(owned)
+            .map(|target| async move { (target.device, self.send_one(&target, message).await) })
+            .buffer_unordered(self.settings.concurrency)
+            .collect()
+            .await;
+        let mut progress = Progress::default();
+        for (device, outcome) in outcomes {
+            match outcome {
+                SendOutcome::Delivered => progress.sent += 1,
+                SendOutcome::InvalidToken { registered_before } => {
+                    match self
+                        .store
+                        .disable_device(device, registered_before, crate::now())
+                        .await
+                    {
+                        Ok(true) => progress.disabled += 1,
+                        Ok(false) => progress.failed += 1,
+                        Err(error) => {
+                            tracing::warn!(error = %error, "cannot disable a dead token");
+                            progress.failed += 1;
+                        }
+                    }
+                }
+                SendOutcome::Retry { .. } | SendOutcome::Failed { .. } => progress.failed += 1,
+            }
+        }
+        progress
+    }
+
+    /// Sends to one device, retrying what the service asks to retry.
+    async fn send_one(&self, target: &Target, message: &PushMessage) -> SendOutcome {
+        let Some(gateway) = self.gateways.for_platform(target.platform) else {
+            return SendOutcome::Failed {
+                reason: format!("no {} gateway configured", target.platform.as_str()),
+            };
+        };
+        let mut attempt = 0;
+        loop {
+            self.rate.acquire().await;
+            let outcome = gateway.send(target, message).await;
+            match outcome {
+                SendOutcome::Retry { after, reason }
+                    if attempt < self.settings.backoff.max_attempts =>
+                {
+                    attempt += 1;
+                    let delay = self.settings.backoff.delay(attempt, after);
+                    tracing::debug!(
+                        attempt,
+                        delay_ms = delay.as_millis() as u64,
+                        reason,
+                        "push will be retried"
+                    );
+                    tokio::time::sleep(delay).await;
+                }
+                SendOutcome::Retry { reason, .. } => {
+                    return SendOutcome::Failed {
+                        reason: format!("gave up after {attempt} retries: {reason}"),
+                    };
+                }
+                other => return other,
+            }
+        }
+    }
+}
