@@ -9,6 +9,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
+
 use panneau_projections::Communes;
 use tokio::net::TcpListener;
 use tokio::sync::Notify;
@@ -22,6 +23,7 @@ use crate::bus::jetstream::{self, Relay, RelayNudge};
 use crate::commands::CommandHandler;
 use crate::config::{Config, Mode};
 use crate::health::{Dependency, Health};
+use crate::metrics::{ConsumerLabels, DependencyLabels, Metrics, PoolLabels};
 use crate::notifier::{self, FanOut, NotifierSettings};
 use crate::push::apns::ApnsGateway;
 use crate::push::fcm::FcmGateway;
@@ -30,7 +32,7 @@ use crate::push::{Gateways, RateLimiter};
 use crate::readmodel::cache::FeedCache;
 use crate::readmodel::kv::KvFeedStore;
 use crate::readmodel::{FeedStore, MemoryFeedStore};
-use crate::store::sql::{PoolSettings, SqlStore};
+use crate::store::sql::{Dialect, PoolSettings, SqlStore};
 use crate::store::{EventStore, StateStore};
 use crate::subscription::Endpoints;
 use crate::{projector, scheduler};
@@ -71,6 +73,8 @@ struct Backend {
     store: SqlStore,
     feeds: Arc<dyn FeedStore>,
     nats: Option<async_nats::Client>,
+    /// Durable consumers whose lag the metrics report.
+    consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
 }
 
 /// The push gateways the configuration asks for.
@@ -166,9 +170,9 @@ impl Application {
     /// When a store cannot be opened, NATS is unreachable or too old, or a
     /// listener cannot be bound.
     pub async fn build(config: Config) -> anyhow::Result<Self> {
-        // reqwest and a2 speak TLS through rustls with the ring provider.
-        let _ = rustls::crypto::ring::default_provider().install_default();
+        crate::install_crypto();
         let communes = COMMUNES.clone();
+        let metrics = Arc::new(Metrics::new());
         let gateways = gateways(&config).context("cannot set up the push gateways")?;
         let wake_fanout = Arc::new(Notify::new());
         let health = Arc::new(Health::default());
@@ -219,6 +223,7 @@ impl Application {
                     store,
                     feeds,
                     nats: None,
+                    consumers: Vec::new(),
                 }
             }
             Mode::Cluster => {
@@ -235,18 +240,20 @@ impl Application {
                 tasks.push((
                     "feed projector",
                     tokio::spawn(jetstream::run_feed_projector(
-                        topology.feed_consumer,
+                        topology.feed_consumer.clone(),
                         feeds.clone(),
+                        metrics.clone(),
                         stop_tasks.clone(),
                     )),
                 ));
                 tasks.push((
                     "notifier",
                     tokio::spawn(jetstream::run_notifier(
-                        topology.notifier_consumer,
+                        topology.notifier_consumer.clone(),
                         Arc::new(store.clone()),
                         Arc::new(store.clone()),
                         wake_fanout.clone(),
+                        metrics.clone(),
                         stop_tasks.clone(),
                     )),
                 ));
@@ -260,17 +267,27 @@ impl Application {
                     store,
                     feeds,
                     nats: Some(client),
+                    consumers: vec![
+                        (jetstream::FEED_CONSUMER, topology.feed_consumer),
+                        (jetstream::NOTIFIER_CONSUMER, topology.notifier_consumer),
+                    ],
                 }
             }
         };
 
-        let Backend { store, feeds, nats } = backend;
+        let Backend {
+            store,
+            feeds,
+            nats,
+            consumers,
+        } = backend;
         let log: Arc<dyn EventStore> = Arc::new(store.clone());
         let state: Arc<dyn StateStore> = Arc::new(store.clone());
         let cache = Arc::new(FeedCache::new(
             feeds.clone(),
             communes.clone(),
             config.feed_cache_bytes,
+            metrics.clone(),
         ));
         let follower = cache.clone();
         let changes = feeds.watch();
@@ -279,7 +296,7 @@ impl Application {
             "cache follower",
             tokio::spawn(async move { follower.follow(changes, token).await }),
         ));
-        let commands = CommandHandler::new(log.clone());
+        let commands = CommandHandler::new(log.clone(), metrics.clone());
         tasks.push((
             "scheduler",
             tokio::spawn(scheduler::run(
@@ -291,6 +308,7 @@ impl Application {
         let settings = notifier_settings(&config);
         let fanout = FanOut {
             store: Arc::new(store.clone()),
+            metrics: metrics.clone(),
             gateways,
             rate: Arc::new(RateLimiter::new(settings.rate_per_second)),
             settings,
@@ -309,8 +327,10 @@ impl Application {
             "health monitor",
             tokio::spawn(monitor_health(
                 health.clone(),
+                metrics.clone(),
                 store.clone(),
                 nats,
+                consumers,
                 stop_tasks.clone(),
             )),
         ));
@@ -327,6 +347,7 @@ impl Application {
             jobs: Arc::new(store.clone()),
             registrations: Arc::new(api::devices::registration_limit()),
             webpush_endpoints: webpush_endpoints(&config),
+            metrics: metrics.clone(),
             cache_policy: CachePolicy {
                 max_age: config.feed_max_age,
                 stale_while_revalidate: config.feed_stale_while_revalidate,
@@ -345,7 +366,11 @@ impl Application {
             http,
             ops,
             router: api::router(app_state),
-            ops_router: api::ops::router(api::ops::OpsState { health, cache }),
+            ops_router: api::ops::router(api::ops::OpsState {
+                health,
+                cache,
+                metrics,
+            }),
             tasks,
             stop_tasks,
             shutdown_timeout: Duration::from_secs(config.shutdown_timeout_seconds),
@@ -414,14 +439,23 @@ impl Application {
     }
 }
 
-/// Keeps `/readyz` honest: pings the database and reads the broker connection
-/// state every second.
+/// Keeps `/readyz` and the gauges honest: every second, pings the database and
+/// reads the broker connection state; every five, samples the outbox backlog and
+/// the consumers' lag.
 async fn monitor_health(
     health: Arc<Health>,
+    metrics: Arc<Metrics>,
     store: SqlStore,
     nats: Option<async_nats::Client>,
+    mut consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
     shutdown: CancellationToken,
 ) {
+    let level = |d: Dependency| match d {
+        Dependency::Up => 1.0,
+        Dependency::Degraded => 0.5,
+        Dependency::Down => 0.0,
+    };
+    let mut tick: u64 = 0;
     loop {
         let database = match tokio::time::timeout(Duration::from_secs(2), store.ping()).await {
             Ok(true) => Dependency::Up,
@@ -441,7 +475,56 @@ async fn monitor_health(
             } else {
                 Dependency::Degraded
             });
+            metrics.nats_connected.set(i64::from(connected));
         }
+        for (name, state) in [
+            ("database", health.database()),
+            ("bus", health.bus()),
+            ("read_model", health.read_model()),
+        ] {
+            metrics
+                .dependency_up
+                .get_or_create(&DependencyLabels { dependency: name })
+                .set(level(state));
+        }
+        let (size, idle) = store.pool_usage();
+        metrics
+            .db_pool_connections
+            .get_or_create(&PoolLabels { state: "idle" })
+            .set(i64::from(idle));
+        metrics
+            .db_pool_connections
+            .get_or_create(&PoolLabels { state: "active" })
+            .set(i64::from(size.saturating_sub(idle)));
+        if tick.is_multiple_of(5)
+            && database == Dependency::Up
+            && store.dialect() == Dialect::MariaDb
+            && let Ok((backlog, oldest)) = store.outbox_backlog().await
+        {
+            metrics
+                .outbox_backlog
+                .set(i64::try_from(backlog).unwrap_or(i64::MAX));
+            let age = oldest.map_or(0, |t| t.micros_until(crate::now()));
+            metrics.outbox_oldest_age.set(age as f64 / 1e6);
+        }
+        if tick.is_multiple_of(5) {
+            for (name, consumer) in &mut consumers {
+                if let Ok(Ok(info)) =
+                    tokio::time::timeout(Duration::from_secs(2), consumer.info()).await
+                {
+                    let labels = ConsumerLabels { consumer: name };
+                    metrics
+                        .consumer_pending
+                        .get_or_create(&labels)
+                        .set(i64::try_from(info.num_pending).unwrap_or(i64::MAX));
+                    metrics
+                        .consumer_ack_pending
+                        .get_or_create(&labels)
+                        .set(i64::try_from(info.num_ack_pending).unwrap_or(i64::MAX));
+                }
+            }
+        }
+        tick += 1;
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(Duration::from_secs(1)) => {}

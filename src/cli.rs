@@ -250,11 +250,23 @@ fn describe(scope: &Scope) -> String {
     }
 }
 
-/// Runs `panneau check-config`: prints the effective settings (secrets redacted).
+/// Runs `panneau check-config`: prints the effective settings (secrets redacted)
+/// and checks data residency.
 ///
 /// # Errors
-/// Never: a configuration that does not load is reported by `main`.
+/// When a place that stores user data is not declared in an EU region (a
+/// configuration that does not load is reported by `main`).
 pub fn check_config(config: &Config) -> anyhow::Result<()> {
+    let problems = config.residency();
+    if !problems.is_empty() {
+        for problem in &problems {
+            eprintln!("data residency: {problem}");
+        }
+        bail!(
+            "{} data residency problem(s): user data must stay in the European Union",
+            problems.len()
+        );
+    }
     let mode = match config.mode() {
         Mode::Embedded { sqlite_url } => format!("embedded ({sqlite_url})"),
         Mode::Cluster => "cluster".to_owned(),
@@ -281,5 +293,6 @@ pub fn check_config(config: &Config) -> anyhow::Result<()> {
         "nats_url: {}",
         config.nats_url.as_deref().unwrap_or("(none)")
     );
+    println!("data residency: ok");
     Ok(())
 }

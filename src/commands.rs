@@ -13,6 +13,7 @@ use panneau_domain::{
 use tracing::instrument;
 use uuid::Uuid;
 
+use crate::metrics::Metrics;
 use crate::store::{Append, EventStore, IdempotencyRecord, RecordedEvent, StoreError};
 
 /// Why a command did not produce events.
@@ -48,6 +49,7 @@ pub struct Accepted {
 #[derive(Clone)]
 pub struct CommandHandler {
     log: Arc<dyn EventStore>,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for CommandHandler {
@@ -61,8 +63,8 @@ impl std::fmt::Debug for CommandHandler {
 const CONFLICT_RETRIES: usize = 3;
 
 impl CommandHandler {
-    pub fn new(log: Arc<dyn EventStore>) -> Self {
-        Self { log }
+    pub fn new(log: Arc<dyn EventStore>, metrics: Arc<Metrics>) -> Self {
+        Self { log, metrics }
     }
 
     /// The current state of a publication, folded from its stream.
@@ -88,6 +90,33 @@ impl CommandHandler {
     /// `Refused`, `VersionMismatch`, or `Store` (including `IdempotencyKeyUsed`).
     #[instrument(skip_all, fields(publication = %id, command = command_name(&command)))]
     pub async fn execute(
+        &self,
+        id: PublicationId,
+        command: Command,
+        if_match: Option<u64>,
+        context: &Context,
+        owner: Option<PublisherId>,
+        idempotency: Option<IdempotencyRecord>,
+    ) -> Result<Accepted, CommandError> {
+        let name = command_name(&command);
+        let result = self
+            .attempt(id, command, if_match, context, owner, idempotency)
+            .await;
+        let outcome = match &result {
+            Ok(_) | Err(CommandError::Store(StoreError::IdempotencyKeyUsed(_))) => "accepted",
+            Err(CommandError::Refused(_)) => "refused",
+            Err(
+                CommandError::VersionMismatch { .. }
+                | CommandError::Store(StoreError::VersionConflict),
+            ) => "conflict",
+            Err(CommandError::Store(e)) if e.is_unavailable() => "unavailable",
+            Err(CommandError::Store(_)) => "error",
+        };
+        self.metrics.command(name, outcome);
+        result
+    }
+
+    async fn attempt(
         &self,
         id: PublicationId,
         command: Command,

@@ -80,6 +80,68 @@ pub struct Config {
     pub push_lease_seconds: u64,
     /// Accept Web Push endpoints on http://127.0.0.1 (tests with a local fake provider only).
     pub webpush_allow_loopback: bool,
+    /// Where server errors and panics are reported (a Sentry DSN; a secret).
+    pub sentry_dsn: Option<SecretString>,
+    /// Data residency: the region of each place that stores user data, e.g.
+    /// `fr-par` (Scaleway Paris) or `gra` (OVHcloud Gravelines). Checked by
+    /// `panneau check-config`: every one must be in the European Union.
+    pub database_region: Option<String>,
+    pub nats_region: Option<String>,
+    /// S3 buckets the backups go to (file only: a TOML array of tables).
+    #[serde(default)]
+    pub backup_targets: Vec<BackupTarget>,
+}
+
+/// One S3 bucket the encrypted backups are copied to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackupTarget {
+    pub name: String,
+    pub endpoint: String,
+    pub region: String,
+}
+
+/// Regions of the providers Panneau deploys to that are in the European Union.
+/// UK (`uk`, `eu-west-2`) and Switzerland (`eu-central-2`) are not.
+pub const EU_REGIONS: &[&str] = &[
+    // Scaleway
+    "fr-par",
+    "nl-ams",
+    "pl-waw",
+    // OVHcloud (public cloud and object storage names)
+    "gra",
+    "sbg",
+    "rbx",
+    "par",
+    "waw",
+    "de",
+    "eu-west-gra",
+    "eu-west-sbg",
+    "eu-west-rbx",
+    "eu-west-par",
+    "eu-west-lim",
+    "eu-central-waw",
+    "eu-south-mil",
+    // Generic S3-style EU names
+    "eu-west-1",
+    "eu-west-3",
+    "eu-central-1",
+    "eu-north-1",
+    "eu-south-1",
+    "eu-south-2",
+];
+
+/// A place that stores user data outside the EU, or whose region is not declared.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResidencyProblem {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl std::fmt::Display for ResidencyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.setting, self.problem)
+    }
 }
 
 #[derive(Serialize)]
@@ -232,6 +294,44 @@ impl Config {
             return Err(invalid("PANNEAU_NATS_URL", "expected nats://HOST:PORT"));
         }
         Ok(())
+    }
+
+    /// Data residency: every endpoint that stores user data must be declared in an
+    /// EU region. The embedded mode keeps its data in a local file, whose host
+    /// the operator places.
+    pub fn residency(&self) -> Vec<ResidencyProblem> {
+        let mut problems = Vec::new();
+        let mut check = |setting: String, region: Option<&str>| match region {
+            None => problems.push(ResidencyProblem {
+                setting,
+                problem: "region not declared; user data must stay in the EU (e.g. fr-par, gra)"
+                    .into(),
+            }),
+            Some(region) if !EU_REGIONS.contains(&region.trim().to_ascii_lowercase().as_str()) => {
+                problems.push(ResidencyProblem {
+                    setting,
+                    problem: format!(
+                        "region {region} is not an EU region Panneau knows ({})",
+                        EU_REGIONS.join(", ")
+                    ),
+                });
+            }
+            Some(_) => {}
+        };
+        if self.mode() == Mode::Cluster {
+            check(
+                "PANNEAU_DATABASE_REGION".into(),
+                self.database_region.as_deref(),
+            );
+            check("PANNEAU_NATS_REGION".into(), self.nats_region.as_deref());
+        }
+        for target in &self.backup_targets {
+            check(
+                format!("backup_targets.{}.region", target.name),
+                Some(&target.region),
+            );
+        }
+        problems
     }
 
     pub fn mode(&self) -> Mode {

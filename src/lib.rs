@@ -13,6 +13,7 @@ pub mod codec;
 pub mod commands;
 pub mod config;
 pub mod health;
+pub mod metrics;
 pub mod notifier;
 pub mod projector;
 pub mod push;
@@ -30,4 +31,10 @@ pub fn now() -> Timestamp {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     Timestamp::from_unix_micros(i64::try_from(since_epoch.as_micros()).unwrap_or(i64::MAX))
+}
+
+/// Installs the TLS crypto provider (ring) that reqwest, a2, Sentry and vaultrs
+/// use through rustls. Idempotent.
+pub fn install_crypto() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }

@@ -7,6 +7,7 @@ use panneau::cli::{self, Cli, Commands};
 use panneau::config::Config;
 
 fn main() -> anyhow::Result<()> {
+    panneau::install_crypto();
     let cli = Cli::parse();
     let config = Config::load().context("invalid configuration")?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -17,6 +18,10 @@ fn main() -> anyhow::Result<()> {
         match cli.command.unwrap_or(Commands::Serve) {
             Commands::Serve => {
                 panneau::telemetry::init(config.log_format, &config.log_level);
+                let _sentry = panneau::telemetry::init_sentry(
+                    config.sentry_dsn.as_ref().map(secrecy::ExposeSecret::expose_secret),
+                    &config.environment,
+                );
                 let app = Application::build(config).await?;
                 tracing::info!(http = %app.http_addr(), ops = %app.ops_addr(), "panneau is serving");
                 app.run_until_stopped(shutdown_signal()).await

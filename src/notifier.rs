@@ -16,13 +16,15 @@ use std::time::Duration;
 
 use futures_util::StreamExt;
 use panneau_domain::{
-    Envelope, Priority, Publication, PublicationEvent, Status, StreamId, Timestamp, evolve,
+    Envelope, Platform, Priority, Publication, PublicationEvent, Status, StreamId, Timestamp,
+    evolve,
 };
 use tokio::sync::{Notify, broadcast};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 use uuid::Uuid;
 
+use crate::metrics::{Metrics, PlatformLabels, PushLabels, StatusLabels};
 use crate::push::{Backoff, Gateways, PushMessage, RateLimiter, SendOutcome};
 use crate::store::{
     DeviceStore, EventStore, JobStatus, NewJob, NotificationJob, NotificationStore, Progress,
@@ -237,6 +239,7 @@ impl<T: NotificationStore + DeviceStore> FanOutStore for T {}
 /// Runs notification jobs.
 pub struct FanOut {
     pub store: Arc<dyn FanOutStore>,
+    pub metrics: Arc<Metrics>,
     pub gateways: Gateways,
     pub settings: NotifierSettings,
     pub rate: Arc<RateLimiter>,
@@ -273,7 +276,10 @@ impl FanOut {
                 Ok(Some(job)) => {
                     let publication = job.job.publication;
                     let span = tracing::info_span!("fan-out", %publication);
-                    match self.run_job(job, &shutdown).instrument(span).await {
+                    self.metrics.push_jobs_in_progress.inc();
+                    let ended = self.run_job(job, &shutdown).instrument(span).await;
+                    self.metrics.push_jobs_in_progress.dec();
+                    match ended {
                         Ok(Ended::Finished) => {}
                         Ok(Ended::LeaseLost) => {
                             tracing::info!(%publication, "job left to another worker")
@@ -306,11 +312,16 @@ impl FanOut {
             Priority::Normal => self.settings.stale_after,
         };
         let age = Duration::from_micros(job.job.published_at.micros_until(crate::now()));
-        if job.status == JobStatus::Pending && age > limit {
+        let has_begun = job.commune_index > 0 || job.last_device.is_some();
+        if !has_begun && age > limit {
             tracing::warn!(%publication, age_s = age.as_secs(), "notification job too old to start; dropped");
             self.store
                 .finish_job(publication, JobStatus::Expired, crate::now())
                 .await?;
+            self.metrics
+                .push_jobs
+                .get_or_create(&StatusLabels { status: "expired" })
+                .inc();
             return Ok(Ended::Finished);
         }
         let message = PushMessage {
@@ -326,14 +337,18 @@ impl FanOut {
         let mut after = job.last_device;
         let started = std::time::Instant::now();
         let mut total = job.sent;
+        // Where the time goes, reported when the job ends.
+        let mut timing = [Duration::ZERO; 4];
         while index < communes.len() {
             if shutdown.is_cancelled() {
                 return Ok(Ended::LeaseLost);
             }
+            let clock = std::time::Instant::now();
             let targets = self
                 .store
                 .audience(communes, index, after, self.settings.batch)
                 .await?;
+            timing[0] += clock.elapsed();
             let Some(last) = targets.last().map(|t| t.device) else {
                 index += 1;
                 after = None;
@@ -361,56 +376,84 @@ impl FanOut {
             // a crash loses at most the slice in flight (nobody gets it twice).
             for slice in targets.chunks(self.settings.concurrency.max(1)) {
                 let ids: Vec<Uuid> = slice.iter().map(|t| t.device).collect();
-                let Ok(fresh) = self
+                let lease = in_future(self.settings.lease);
+                let clock = std::time::Instant::now();
+                let claimed = self
                     .store
-                    .claim_deliveries(
-                        publication,
-                        self.owner,
-                        &ids,
-                        in_future(self.settings.lease),
-                    )
-                    .await?
-                else {
+                    .claim_deliveries(publication, self.owner, &ids, lease)
+                    .await?;
+                let Ok(fresh) = claimed else {
                     return Ok(Ended::LeaseLost);
                 };
+                timing[1] += clock.elapsed();
                 let to_send: Vec<&Target> =
                     slice.iter().filter(|t| fresh.contains(&t.device)).collect();
+                let clock = std::time::Instant::now();
                 let mut progress = self.send_batch(&to_send, &message).await;
+                timing[2] += clock.elapsed();
                 progress.commune_index = index;
                 progress.last_device = ids.last().copied();
                 total += progress.sent;
+                let clock = std::time::Instant::now();
+                let lease = in_future(self.settings.lease);
                 if self
                     .store
-                    .record_progress(
-                        publication,
-                        self.owner,
-                        &progress,
-                        in_future(self.settings.lease),
-                    )
+                    .record_progress(publication, self.owner, &progress, lease)
                     .await?
                     .is_err()
                 {
                     return Ok(Ended::LeaseLost);
                 }
+                timing[3] += clock.elapsed();
             }
             after = Some(last);
         }
         self.store
             .finish_job(publication, JobStatus::Done, crate::now())
             .await?;
-        tracing::info!(%publication, sent = total, seconds = started.elapsed().as_secs_f64(), "notification job done");
+        self.metrics
+            .push_jobs
+            .get_or_create(&StatusLabels { status: "done" })
+            .inc();
+        let ms = |d: Duration| d.as_millis() as u64;
+        tracing::info!(
+            %publication,
+            sent = total,
+            seconds = started.elapsed().as_secs_f64(),
+            audience_ms = ms(timing[0]),
+            claim_ms = ms(timing[1]),
+            send_ms = ms(timing[2]),
+            checkpoint_ms = ms(timing[3]),
+            "notification job done"
+        );
         Ok(Ended::Finished)
     }
 
     async fn send_batch(&self, targets: &[&Target], message: &PushMessage) -> Progress {
         let owned: Vec<Target> = targets.iter().map(|t| (*t).clone()).collect();
-        let outcomes: Vec<(Uuid, SendOutcome)> = futures_util::stream::iter(owned)
-            .map(|target| async move { (target.device, self.send_one(&target, message).await) })
+        let outcomes: Vec<(Uuid, Platform, SendOutcome)> = futures_util::stream::iter(owned)
+            .map(|target| async move {
+                (
+                    target.device,
+                    target.platform,
+                    self.send_one(&target, message).await,
+                )
+            })
             .buffer_unordered(self.settings.concurrency)
             .collect()
             .await;
         let mut progress = Progress::default();
-        for (device, outcome) in outcomes {
+        for (device, platform, outcome) in outcomes {
+            let label = match &outcome {
+                SendOutcome::Delivered => "delivered",
+                SendOutcome::InvalidToken { .. } => "invalid_token",
+                SendOutcome::Retry { .. } | SendOutcome::Failed { .. } => "failed",
+            };
+            let labels = PushLabels {
+                platform: platform.as_str(),
+                outcome: label,
+            };
+            self.metrics.push_sends.get_or_create(&labels).inc();
             match outcome {
                 SendOutcome::Delivered => progress.sent += 1,
                 SendOutcome::InvalidToken { registered_before } => {
@@ -419,7 +462,16 @@ impl FanOut {
                         .disable_device(device, registered_before, crate::now())
                         .await
                     {
-                        Ok(true) => progress.disabled += 1,
+                        Ok(true) => {
+                            progress.disabled += 1;
+                            let labels = PlatformLabels {
+                                platform: platform.as_str(),
+                            };
+                            self.metrics
+                                .push_tokens_disabled
+                                .get_or_create(&labels)
+                                .inc();
+                        }
                         Ok(false) => progress.failed += 1,
                         Err(error) => {
                             tracing::warn!(error = %error, "cannot disable a dead token");
@@ -449,6 +501,11 @@ impl FanOut {
                     if attempt < self.settings.backoff.max_attempts =>
                 {
                     attempt += 1;
+                    let labels = PushLabels {
+                        platform: target.platform.as_str(),
+                        outcome: "retried",
+                    };
+                    self.metrics.push_sends.get_or_create(&labels).inc();
                     let delay = self.settings.backoff.delay(attempt, after);
                     tracing::debug!(
                         attempt,

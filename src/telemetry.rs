@@ -34,3 +34,44 @@ pub fn init(format: LogFormat, level: &str) {
     // A second initialisation (tests) keeps the first subscriber.
     drop(result);
 }
+
+/// Starts reporting to Sentry when a DSN is configured. Keep the guard alive for
+/// the life of the process: it flushes pending reports when dropped.
+///
+/// Panics are reported by the panic integration; server errors by
+/// [`report_server_error`], once, from the request middleware. Nothing personal is
+/// sent: no request bodies, headers, addresses or user data.
+pub fn init_sentry(dsn: Option<&str>, environment: &str) -> Option<sentry::ClientInitGuard> {
+    let dsn = dsn?;
+    let mut options = sentry::ClientOptions::default();
+    options.dsn = match dsn.parse() {
+        Ok(dsn) => Some(dsn),
+        Err(error) => {
+            tracing::error!(%error, "PANNEAU_SENTRY_DSN is not a valid DSN; errors will not be reported");
+            return None;
+        }
+    };
+    options.release = Some(concat!("panneau@", env!("CARGO_PKG_VERSION")).into());
+    options.environment = Some(environment.to_owned().into());
+    options.send_default_pii = false;
+    // Belt and braces: whatever an integration attached about the request or the
+    // user does not leave.
+    options.before_send = Some(std::sync::Arc::new(|mut event| {
+        event.request = None;
+        event.user = None;
+        Some(event)
+    }));
+    Some(sentry::init(options))
+}
+
+/// Reports a server error (a 5xx answer) to Sentry, with the request id and route.
+pub fn report_server_error(chain: &str, request_id: &str, route: &str, status: u16) {
+    sentry::with_scope(
+        |scope| {
+            scope.set_tag("request_id", request_id);
+            scope.set_tag("route", route);
+            scope.set_tag("status", status.to_string());
+        },
+        || sentry::capture_message(chain, sentry::Level::Error),
+    );
+}

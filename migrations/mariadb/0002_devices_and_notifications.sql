@@ -63,3 +63,4 @@ CREATE TABLE IF NOT EXISTS consumer_positions (
     name     VARCHAR(50) CHARACTER SET ascii NOT NULL PRIMARY KEY,
     position BIGINT NOT NULL
 ) ENGINE = InnoDB;
+

@@ -61,3 +61,4 @@ CREATE TABLE consumer_positions (
     name     TEXT    NOT NULL PRIMARY KEY,
     position INTEGER NOT NULL
 );
+

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::Router;
-use axum::extract::{ConnectInfo, MatchedPath, Request};
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
 use axum::http::{HeaderName, HeaderValue};
 use axum::middleware::{self, Next};
 use axum::response::Response;
@@ -19,6 +19,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::commands::CommandHandler;
+use crate::metrics::{HttpLabels, Metrics, RouteLabels};
 use crate::readmodel::cache::FeedCache;
 use crate::store::{DeviceStore, EventStore, NotificationStore, StateStore};
 
@@ -59,6 +60,7 @@ pub struct AppState {
     pub registrations: Arc<views::PerClientLimit>,
     /// Where Web Push subscriptions may point.
     pub webpush_endpoints: crate::subscription::Endpoints,
+    pub metrics: Arc<Metrics>,
     pub cache_policy: CachePolicy,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
     pub trust_forwarded_for: bool,
@@ -106,6 +108,7 @@ impl AppState {
 
 /// The public and publisher API.
 pub fn router(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .merge(public::routes())
         .merge(publisher::routes())
@@ -114,13 +117,17 @@ pub fn router(state: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such resource") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .with_state(state)
-        .layer(middleware::from_fn(request_context))
+        .layer(middleware::from_fn_with_state(metrics, request_context))
 }
 
 /// Gives every request an id (the client's `X-Request-Id` when it is sensible),
-/// echoes it, and logs the request once it is answered, with the cause of any
-/// server error.
-pub async fn request_context(mut request: Request, next: Next) -> Response {
+/// echoes it, logs the request once it is answered (with the cause of any
+/// refusal or server error), counts it, and reports server errors to Sentry once.
+pub async fn request_context(
+    State(metrics): State<Arc<Metrics>>,
+    mut request: Request,
+    next: Next,
+) -> Response {
     let started = Instant::now();
     let request_id = request
         .headers()
@@ -140,11 +147,34 @@ pub async fn request_context(mut request: Request, next: Next) -> Response {
     let span = tracing::info_span!("request", request_id = %request_id, %method, route = %route);
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
-    let latency_ms = started.elapsed().as_secs_f64() * 1_000.0;
+    let elapsed = started.elapsed();
+    let latency_ms = elapsed.as_secs_f64() * 1_000.0;
+    metrics
+        .http_requests
+        .get_or_create(&HttpLabels {
+            route: route.clone(),
+            method: method.as_str().to_owned(),
+            status: status.as_str().to_owned(),
+        })
+        .inc();
+    metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            route: route.clone(),
+            method: method.as_str().to_owned(),
+        })
+        .observe(elapsed.as_secs_f64());
     let _entered = span.enter();
     if let Some(cause) = response.extensions_mut().remove::<ErrorCause>() {
         if status.is_server_error() {
-            tracing::error!(status = status.as_u16(), latency_ms, cause = %error_chain(cause.0.as_ref()), "request failed");
+            let chain = error_chain(cause.0.as_ref());
+            tracing::error!(status = status.as_u16(), latency_ms, cause = %chain, "request failed");
+            crate::telemetry::report_server_error(
+                &chain,
+                request_id.as_str(),
+                &route,
+                status.as_u16(),
+            );
         } else {
             tracing::warn!(status = status.as_u16(), latency_ms, cause = %error_chain(cause.0.as_ref()), "request refused");
         }

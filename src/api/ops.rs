@@ -1,9 +1,7 @@
 //! The ops API, on its own listener (private network only): liveness, readiness
 //! and metrics.
 
-use std::fmt::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 
 use axum::Router;
 use axum::extract::State;
@@ -13,12 +11,14 @@ use axum::routing::get;
 use serde::Serialize;
 
 use crate::health::{Dependency, Health};
+use crate::metrics::Metrics;
 use crate::readmodel::cache::FeedCache;
 
 #[derive(Clone)]
 pub struct OpsState {
     pub health: Arc<Health>,
     pub cache: Arc<FeedCache>,
+    pub metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for OpsState {
@@ -28,12 +28,16 @@ impl std::fmt::Debug for OpsState {
 }
 
 pub fn router(state: OpsState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+        .route("/metrics", get(metrics_text))
         .with_state(state)
-        .layer(axum::middleware::from_fn(super::request_context))
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            super::request_context,
+        ))
 }
 
 #[derive(Debug, Serialize)]
@@ -64,51 +68,19 @@ async fn readyz(State(ops): State<OpsState>) -> Response {
     response
 }
 
-/// Prometheus text format.
-async fn metrics(State(ops): State<OpsState>) -> Response {
-    let counters = &ops.cache.counters;
-    let (entries, bytes) = ops.cache.usage();
-    let mut text = String::new();
-    let mut metric = |name: &str, kind: &str, help: &str, value: u64| {
-        let _ = writeln!(
-            text,
-            "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}"
-        );
-    };
-    metric(
-        "panneau_feed_cache_hits_total",
-        "counter",
-        "Feed and publication reads served from the cache.",
-        counters.hits.load(Ordering::Relaxed),
-    );
-    metric(
-        "panneau_feed_cache_misses_total",
-        "counter",
-        "Reads that were not in the cache.",
-        counters.misses.load(Ordering::Relaxed),
-    );
-    metric(
-        "panneau_feed_store_loads_total",
-        "counter",
-        "Documents loaded from the feed store.",
-        counters.loads.load(Ordering::Relaxed),
-    );
-    metric(
-        "panneau_feed_cache_entries",
-        "gauge",
-        "Rendered feeds in the cache.",
-        entries,
-    );
-    metric(
-        "panneau_feed_cache_bytes",
-        "gauge",
-        "Bytes of rendered feeds in the cache.",
-        bytes,
-    );
-    let mut response = text.into_response();
+/// OpenMetrics text, which Prometheus scrapes.
+async fn metrics_text(State(ops): State<OpsState>) -> Response {
+    let (entries, bytes) = ops.cache.usage().await;
+    ops.metrics
+        .feed_cache_entries
+        .set(i64::try_from(entries).unwrap_or(i64::MAX));
+    ops.metrics
+        .feed_cache_bytes
+        .set(i64::try_from(bytes).unwrap_or(i64::MAX));
+    let mut response = ops.metrics.encode().into_response();
     response.headers_mut().insert(
         header::CONTENT_TYPE,
-        HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        HeaderValue::from_static("application/openmetrics-text; version=1.0.0; charset=utf-8"),
     );
     response
 }

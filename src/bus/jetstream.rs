@@ -23,6 +23,7 @@ use uuid::Uuid;
 use panneau_domain::{Envelope, PublicationEvent};
 
 use crate::codec::decode_event;
+use crate::metrics::{ConsumerLabels, Metrics};
 use crate::projector::{Outcome, project};
 use crate::readmodel::FeedStore;
 use crate::store::sql::{CommitHook, OutboxRow, SqlStore};
@@ -368,6 +369,7 @@ pub async fn consume<F, Fut>(
     consumer: PullConsumer,
     name: &'static str,
     concurrency: usize,
+    metrics: &Metrics,
     shutdown: CancellationToken,
     handle: F,
 ) where
@@ -400,7 +402,10 @@ pub async fn consume<F, Fut>(
                 let kind = match decode_event(&message.payload) {
                     Ok(envelope) => match handle(envelope).await {
                         Disposition::Done => AckKind::Ack,
-                        Disposition::Later(delay) => AckKind::Nak(Some(delay)),
+                        Disposition::Later(delay) => {
+                            metrics.consumer_redeliveries.get_or_create(&ConsumerLabels { consumer: name }).inc();
+                            AckKind::Nak(Some(delay))
+                        }
                     },
                     Err(error) => {
                         tracing::error!(consumer = name, error = %error, subject = %message.subject, "undecodable event on the bus");
@@ -428,10 +433,11 @@ pub async fn consume<F, Fut>(
 pub async fn run_feed_projector(
     consumer: PullConsumer,
     feeds: Arc<dyn FeedStore>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let feeds = feeds.as_ref();
-    consume(consumer, FEED_CONSUMER, PROJECTOR_CONCURRENCY, shutdown, |envelope| async move {
+    let handle = |envelope: Envelope<PublicationEvent>| async move {
         match project(feeds, &envelope).await {
             Ok(Outcome::Applied | Outcome::Duplicate) => Disposition::Done,
             Ok(Outcome::Gap { expected }) => {
@@ -443,7 +449,15 @@ pub async fn run_feed_projector(
                 Disposition::Later(Duration::from_secs(1))
             }
         }
-    })
+    };
+    consume(
+        consumer,
+        FEED_CONSUMER,
+        PROJECTOR_CONCURRENCY,
+        &metrics,
+        shutdown,
+        handle,
+    )
     .await;
 }
 
@@ -453,28 +467,23 @@ pub async fn run_notifier(
     log: Arc<dyn EventStore>,
     jobs: Arc<dyn NotificationStore>,
     wake: Arc<Notify>,
+    metrics: Arc<Metrics>,
     shutdown: CancellationToken,
 ) {
     let (log, jobs, wake) = (log.as_ref(), jobs.as_ref(), wake.as_ref());
-    consume(
-        consumer,
-        NOTIFIER_CONSUMER,
-        8,
-        shutdown,
-        |envelope| async move {
-            match crate::notifier::on_event(log, jobs, &envelope).await {
-                Ok(()) => {
-                    wake.notify_one();
-                    Disposition::Done
-                }
-                Err(error) => {
-                    tracing::warn!(error = %error, "cannot record a notification job; will retry");
-                    Disposition::Later(Duration::from_secs(1))
-                }
+    let handle = |envelope: Envelope<PublicationEvent>| async move {
+        match crate::notifier::on_event(log, jobs, &envelope).await {
+            Ok(()) => {
+                wake.notify_one();
+                Disposition::Done
             }
-        },
-    )
-    .await;
+            Err(error) => {
+                tracing::warn!(error = %error, "cannot record a notification job; will retry");
+                Disposition::Later(Duration::from_secs(1))
+            }
+        }
+    };
+    consume(consumer, NOTIFIER_CONSUMER, 8, &metrics, shutdown, handle).await;
 }
 
 #[cfg(test)]

@@ -9,7 +9,6 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -24,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Change, ReadModelError, SharedFeedStore, Versioned, feed_key, publication_key};
 use crate::codec::decode_document;
+use crate::metrics::Metrics;
 use crate::now;
 
 /// A body in the three encodings clients ask for, and its validator.
@@ -122,23 +122,13 @@ fn is_fresh(fresh_until: Option<Instant>) -> bool {
     fresh_until.is_none_or(|until| Instant::now() < until)
 }
 
-/// Counters for the metrics endpoint.
-#[derive(Debug, Default)]
-pub struct CacheCounters {
-    pub hits: AtomicU64,
-    pub misses: AtomicU64,
-    /// Documents read from the feed store (one per commune per instance after a
-    /// change, however many readers ask at once).
-    pub loads: AtomicU64,
-}
-
 /// The cache the public API reads from.
 pub struct FeedCache {
     store: SharedFeedStore,
     communes: Arc<Communes>,
     feeds: Cache<InseeCode, Arc<Rendered>>,
     publications: Cache<PublicationId, Arc<PublicationLookup>>,
-    pub counters: CacheCounters,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for FeedCache {
@@ -152,7 +142,12 @@ impl std::fmt::Debug for FeedCache {
 
 impl FeedCache {
     /// A cache holding at most `capacity_bytes` of rendered bodies.
-    pub fn new(store: SharedFeedStore, communes: Arc<Communes>, capacity_bytes: u64) -> Self {
+    pub fn new(
+        store: SharedFeedStore,
+        communes: Arc<Communes>,
+        capacity_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Self {
         let feeds = Cache::builder()
             .max_capacity(capacity_bytes)
             .weigher(|_: &InseeCode, v: &Arc<Rendered>| v.weight())
@@ -171,7 +166,7 @@ impl FeedCache {
             communes,
             feeds,
             publications,
-            counters: CacheCounters::default(),
+            metrics,
         }
     }
 
@@ -192,10 +187,10 @@ impl FeedCache {
         if let Some(hit) = &cached
             && is_fresh(hit.fresh_until)
         {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.feed_cache_hits.inc();
             return Ok(hit.clone());
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.feed_cache_misses.inc();
         let result = self
             .feeds
             .entry(commune)
@@ -251,10 +246,10 @@ impl FeedCache {
         if let Some(hit) = &cached
             && is_fresh(hit.fresh_until())
         {
-            self.counters.hits.fetch_add(1, Ordering::Relaxed);
+            self.metrics.feed_cache_hits.inc();
             return Ok(hit.clone());
         }
-        self.counters.misses.fetch_add(1, Ordering::Relaxed);
+        self.metrics.feed_cache_misses.inc();
         let result = self
             .publications
             .entry(id)
@@ -277,7 +272,7 @@ impl FeedCache {
     }
 
     async fn load(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
-        self.counters.loads.fetch_add(1, Ordering::Relaxed);
+        self.metrics.feed_store_loads.inc();
         self.store.get(key).await
     }
 
@@ -388,7 +383,9 @@ impl FeedCache {
     }
 
     /// Cached feeds and their total size, for the metrics endpoint.
-    pub fn usage(&self) -> (u64, u64) {
+    pub async fn usage(&self) -> (u64, u64) {
+        // moka counts lazily: settle pending work for an exact figure.
+        self.feeds.run_pending_tasks().await;
         (self.feeds.entry_count(), self.feeds.weighted_size())
     }
 }

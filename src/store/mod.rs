@@ -500,8 +500,8 @@ pub trait NotificationStore: Send + Sync + 'static {
     ) -> Result<Option<NotificationJob>, StoreError>;
 
     /// Up to `limit` enabled devices subscribed to `communes[index]`, after device
-    /// `after`, in id order, leaving out those subscribed to an earlier commune
-    /// of the list (they were reached through that one).
+    /// `after`, in id order. A device subscribed to several communes of a job comes
+    /// up once per commune; its claim lets it through once.
     ///
     /// # Errors
     /// `Unavailable`, `Database`.

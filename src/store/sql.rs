@@ -296,6 +296,14 @@ impl SqlStore {
         self.pool.close().await;
     }
 
+    /// Connections open, and those idle.
+    pub fn pool_usage(&self) -> (u32, u32) {
+        (
+            self.pool.size(),
+            u32::try_from(self.pool.num_idle()).unwrap_or(u32::MAX),
+        )
+    }
+
     /// Whether the database answers now.
     pub async fn ping(&self) -> bool {
         sqlx::query("SELECT 1").execute(&self.pool).await.is_ok()

@@ -28,10 +28,6 @@ fn err(error: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(error)
 }
 
-fn placeholders(n: usize) -> String {
-    vec!["?"; n].join(", ")
-}
-
 #[async_trait]
 impl DeviceStore for SqlStore {
     async fn register_device(
@@ -360,27 +356,28 @@ impl NotificationStore for SqlStore {
         let Some(commune) = communes.get(index) else {
             return Ok(Vec::new());
         };
-        let earlier = &communes[..index];
-        let mut sql = String::from(
-            "SELECT d.id, d.platform, d.token, d.locale, d.token_updated_at FROM device_communes dc \
-             JOIN devices d ON d.id = dc.device_id \
-             WHERE dc.commune_code = ? AND dc.device_id > ? AND d.disabled_at IS NULL",
-        );
-        if !earlier.is_empty() {
-            sql.push_str(&format!(
-                " AND NOT EXISTS (SELECT 1 FROM device_communes e WHERE e.device_id = dc.device_id \
-                 AND e.commune_code IN ({}))",
-                placeholders(earlier.len())
-            ));
-        }
-        sql.push_str(" ORDER BY dc.device_id LIMIT ?");
-        let mut query = sqlx::query(sqlx::AssertSqlSafe(sql))
+        // A device also subscribed to another commune of the job comes up once per
+        // commune; the claims of the job (`claim_deliveries`) let it through once.
+        let sql = match self.dialect {
+            Dialect::Sqlite => {
+                "SELECT d.id, d.platform, d.token, d.locale, d.token_updated_at FROM device_communes dc \
+                 JOIN devices d ON d.id = dc.device_id \
+                 WHERE dc.commune_code = ? AND dc.device_id > ? AND d.disabled_at IS NULL \
+                 ORDER BY dc.device_id LIMIT ?"
+            }
+            // Parameters arrive as BLOB and utf8mb4 strings: cast to the columns'
+            // types so MariaDB uses the key range on (commune_code, device_id).
+            Dialect::MariaDb => {
+                "SELECT d.id, d.platform, d.token, d.locale, d.token_updated_at FROM device_communes dc \
+                 JOIN devices d ON d.id = dc.device_id \
+                 WHERE dc.commune_code = CAST(? AS CHAR(5) CHARACTER SET ascii) \
+                 AND dc.device_id > CAST(? AS BINARY(16)) AND d.disabled_at IS NULL \
+                 ORDER BY dc.device_id LIMIT ?"
+            }
+        };
+        let rows = sqlx::query(sql)
             .bind(commune.as_str().to_owned())
-            .bind(uuid_bytes(after.unwrap_or(Uuid::nil())));
-        for code in earlier {
-            query = query.bind(code.as_str().to_owned());
-        }
-        let rows = query
+            .bind(uuid_bytes(after.unwrap_or(Uuid::nil())))
             .bind(i64::from(limit))
             .fetch_all(&self.pool)
             .await
@@ -422,9 +419,13 @@ impl NotificationStore for SqlStore {
         if held == 0 {
             return Ok(Err(LeaseLost));
         }
+        let key = match self.dialect {
+            Dialect::Sqlite => "?",
+            Dialect::MariaDb => "CAST(? AS BINARY(16))",
+        };
         let sql = format!(
-            "SELECT device_id FROM notification_deliveries WHERE publication_id = ? AND device_id IN ({})",
-            placeholders(devices.len())
+            "SELECT device_id FROM notification_deliveries WHERE publication_id = {key} AND device_id IN ({})",
+            vec![key; devices.len()].join(", ")
         );
         let mut query =
             sqlx::query(sqlx::AssertSqlSafe(sql)).bind(uuid_bytes(publication.as_uuid()));

@@ -118,3 +118,89 @@ fn check_config_names_the_setting_at_fault() {
             .contains("http_addr")
     );
 }
+
+#[test]
+fn check_config_refuses_user_data_outside_the_eu() {
+    let run = |env: &[(&str, &str)]| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_panneau"));
+        command.arg("check-config").env_remove("PANNEAU_CONFIG");
+        for key in ["PANNEAU_DATABASE_REGION", "PANNEAU_NATS_REGION"] {
+            command.env_remove(key);
+        }
+        command
+            .env(
+                "PANNEAU_DATABASE_URL",
+                "mysql://panneau@db.internal:3306/panneau",
+            )
+            .env("PANNEAU_NATS_URL", "nats://nats.internal:4222");
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        command.output().unwrap()
+    };
+    let undeclared = run(&[]);
+    assert!(!undeclared.status.success());
+    let stderr = String::from_utf8_lossy(&undeclared.stderr);
+    assert!(
+        stderr.contains("PANNEAU_DATABASE_REGION") && stderr.contains("PANNEAU_NATS_REGION"),
+        "{stderr}"
+    );
+
+    let outside = run(&[
+        ("PANNEAU_DATABASE_REGION", "us-east-1"),
+        ("PANNEAU_NATS_REGION", "fr-par"),
+    ]);
+    assert!(!outside.status.success());
+    assert!(String::from_utf8_lossy(&outside.stderr).contains("us-east-1"));
+    let london = run(&[
+        ("PANNEAU_DATABASE_REGION", "eu-west-2"),
+        ("PANNEAU_NATS_REGION", "fr-par"),
+    ]);
+    assert!(!london.status.success(), "London is not in the EU");
+
+    let inside = run(&[
+        ("PANNEAU_DATABASE_REGION", "gra"),
+        ("PANNEAU_NATS_REGION", "fr-par"),
+    ]);
+    assert!(
+        inside.status.success(),
+        "{}",
+        String::from_utf8_lossy(&inside.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&inside.stdout);
+    assert!(stdout.contains("data residency: ok"));
+    assert!(
+        !stdout.contains("panneau@db"),
+        "credentials and hosts of URLs are not echoed carelessly"
+    );
+}
+
+#[test]
+fn check_config_reads_backup_targets_from_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("panneau.toml");
+    std::fs::write(
+        &file,
+        "database_region = \"fr-par\"\nnats_region = \"fr-par\"\n\n\
+         [[backup_targets]]\nname = \"ovh\"\nendpoint = \"https://s3.gra.io.cloud.ovh.net\"\nregion = \"gra\"\n\n\
+         [[backup_targets]]\nname = \"elsewhere\"\nendpoint = \"https://s3.us-east-1.amazonaws.com\"\nregion = \"us-east-1\"\n",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_panneau"))
+        .arg("check-config")
+        .env("PANNEAU_CONFIG", &file)
+        .env(
+            "PANNEAU_DATABASE_URL",
+            "mysql://panneau@db.internal:3306/panneau",
+        )
+        .env("PANNEAU_NATS_URL", "nats://nats.internal:4222")
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("backup_targets.elsewhere.region"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("backup_targets.ovh"), "{stderr}");
+}

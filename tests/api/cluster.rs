@@ -498,7 +498,8 @@ async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() 
         ("PANNEAU_PUSH_LEASE_SECONDS", "3".to_owned()),
     ];
     let logs = tempfile::tempdir().unwrap();
-    let mut first = Instance::start_with(&database.url(), &nats.url(), logs.path(), &settings);
+    let mut first =
+        Instance::start_with(&database.url(), Some(&nats.url()), logs.path(), &settings);
     let response = crate::helpers::http_client()
         .post(first.url("/v1/publications"))
         .bearer_auth(&token)
@@ -523,7 +524,7 @@ async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() 
     let sent_before = fake.accepted();
     assert!(sent_before < 120, "killed halfway ({sent_before} sent)");
 
-    let _second = Instance::start_with(&database.url(), &nats.url(), logs.path(), &settings);
+    let _second = Instance::start_with(&database.url(), Some(&nats.url()), logs.path(), &settings);
     let publication = panneau_domain::PublicationId::parse(&id).unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     let job = loop {

@@ -307,31 +307,34 @@ pub struct Instance {
 
 impl Instance {
     pub fn start(database_url: &str, nats_url: &str, log_dir: &Path) -> Self {
-        Self::start_with(database_url, nats_url, log_dir, &[])
+        Self::start_with(database_url, Some(nats_url), log_dir, &[])
     }
 
-    /// Starts with extra `PANNEAU_*` settings.
+    /// Starts with extra `PANNEAU_*` settings (embedded mode when `nats_url` is `None`).
     pub fn start_with(
         database_url: &str,
-        nats_url: &str,
+        nats_url: Option<&str>,
         log_dir: &Path,
         settings: &[(&str, String)],
     ) -> Self {
         let (http, ops) = (free_port(), free_port());
         let log = log_dir.join(format!("instance-{http}.log"));
-        let child = Command::new(env!("CARGO_BIN_EXE_panneau"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_panneau"));
+        command
             .env("PANNEAU_DATABASE_URL", database_url)
-            .env("PANNEAU_NATS_URL", nats_url)
             .env("PANNEAU_HTTP_ADDR", format!("127.0.0.1:{http}"))
             .env("PANNEAU_OPS_ADDR", format!("127.0.0.1:{ops}"))
             .env("PANNEAU_LOG_FORMAT", "json")
             .env("PANNEAU_LOG_LEVEL", "info")
             .env_remove("PANNEAU_CONFIG")
+            .env_remove("PANNEAU_NATS_URL")
             .envs(settings.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(std::fs::File::create(&log).unwrap())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("the panneau binary runs");
+            .stderr(Stdio::null());
+        if let Some(url) = nats_url {
+            command.env("PANNEAU_NATS_URL", url);
+        }
+        let child = command.spawn().expect("the panneau binary runs");
         wait_for_port(http, "panneau", Duration::from_secs(30));
         Self {
             http,
@@ -360,5 +363,48 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+// --- Sentry -----------------------------------------------------------------------
+
+/// A stand-in for Sentry's ingestion endpoint: records every envelope it gets.
+pub struct FakeSentry {
+    pub port: u16,
+    received: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl FakeSentry {
+    pub async fn start() -> Self {
+        use axum::routing::post;
+        let received = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let sink = received.clone();
+        let app = axum::Router::new().route(
+            "/api/{project}/envelope/",
+            post(move |body: axum::body::Bytes| {
+                let sink = sink.clone();
+                async move {
+                    sink.lock()
+                        .unwrap()
+                        .push(String::from_utf8_lossy(&body).into_owned());
+                    axum::Json(serde_json::json!({"id": "00000000000000000000000000000000"}))
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+        Self { port, received }
+    }
+
+    pub fn dsn(&self) -> String {
+        format!(
+            "http://0123456789abcdef0123456789abcdef@127.0.0.1:{}/42",
+            self.port
+        )
+    }
+
+    pub fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
     }
 }

@@ -500,3 +500,30 @@ async fn the_oauth_token_is_cached_until_it_expires() {
     assert_eq!(fake.received().len(), 10);
     assert_eq!(fake.tokens_issued(), 1, "one access token for every send");
 }
+
+#[tokio::test]
+async fn a_job_that_could_not_start_in_time_is_dropped_not_sent_late() {
+    use panneau::store::{NewJob, NotificationStore};
+    let fake = FakePush::start(true).await;
+    let app = app_with(&fake, None, None, |config| {
+        config.push_stale_after_seconds = 3600
+    })
+    .await;
+    register(&app, "fcm", "d1", &["35238"]).await;
+    let store = panneau::store::sql::SqlStore::connect(&app.database_url, &Default::default())
+        .await
+        .unwrap();
+    let id = panneau_domain::PublicationId::new(uuid::Uuid::now_v7()).unwrap();
+    let stale = NewJob {
+        publication: id,
+        communes: vec![panneau_domain::InseeCode::parse("35238").unwrap()],
+        priority: panneau_domain::Priority::Normal,
+        title: "Ancien".into(),
+        body: "Trop tard".into(),
+        published_at: panneau::now().plus_micros(-2 * 3_600_000_000),
+    };
+    assert!(store.create_job(&stale, panneau::now()).await.unwrap());
+    let job = finished_job(&app, &id.to_string()).await;
+    assert_eq!(job.status, panneau::store::JobStatus::Expired);
+    assert!(fake.received().is_empty());
+}

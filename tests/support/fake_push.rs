@@ -250,6 +250,10 @@ impl FakePush {
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move {
+            // Without TCP_NODELAY, small HTTP/2 frames wait for delayed ACKs (40 ms).
+            let listener = axum::serve::ListenerExt::tap_io(listener, |stream| {
+                let _ = stream.set_nodelay(true);
+            });
             axum::serve(listener, app).await.unwrap();
         });
         Self { url, inner }
