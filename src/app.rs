@@ -34,7 +34,10 @@ use crate::readmodel::kv::KvFeedStore;
 use crate::readmodel::{FeedStore, MemoryFeedStore};
 use crate::store::sql::{Dialect, PoolSettings, SqlStore};
 use crate::store::{EventStore, StateStore};
+use crate::secrets::Secrets;
 use crate::subscription::Endpoints;
+use crate::tokens::TokenHasher;
+use secrecy::ExposeSecret;
 use crate::{projector, scheduler};
 
 /// The 34,969 current communes, built in (Etalab, MIT licence; see `data/`).
@@ -77,38 +80,31 @@ struct Backend {
     consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
 }
 
-/// The push gateways the configuration asks for.
+/// The push gateways the configuration asks for, with keys from the secrets
+/// when they hold them (else from the files the configuration names).
 ///
 /// # Errors
 /// When a configured gateway cannot be set up (a missing key file, say).
-pub fn gateways(config: &Config) -> anyhow::Result<Gateways> {
+pub fn gateways(config: &Config, secrets: &Secrets) -> anyhow::Result<Gateways> {
     let mut gateways = Gateways::default();
-    if let Some(credentials) = &config.fcm_credentials {
-        gateways.fcm = Some(Arc::new(FcmGateway::new(
-            credentials,
-            &config.fcm_endpoint,
-        )?));
+    if let Some(json) = secrets.get("fcm_credentials") {
+        gateways.fcm = Some(Arc::new(FcmGateway::from_json(json.expose_secret(), &config.fcm_endpoint)?));
+    } else if let Some(credentials) = &config.fcm_credentials {
+        gateways.fcm = Some(Arc::new(FcmGateway::new(credentials, &config.fcm_endpoint)?));
     }
-    if let (Some(key), Some(key_id), Some(team), Some(topic)) = (
-        &config.apns_key,
-        &config.apns_key_id,
-        &config.apns_team_id,
-        &config.apns_topic,
-    ) {
-        gateways.apns = Some(Arc::new(ApnsGateway::new(
-            key,
-            key_id,
-            team,
-            topic,
-            config.apns_sandbox,
-        )?));
+    if let (Some(key_id), Some(team), Some(topic)) = (&config.apns_key_id, &config.apns_team_id, &config.apns_topic) {
+        let gateway = match (secrets.get("apns_key"), &config.apns_key) {
+            (Some(pem), _) => ApnsGateway::from_pem(pem.expose_secret().as_bytes(), key_id, team, topic, config.apns_sandbox)?,
+            (None, Some(path)) => ApnsGateway::new(path, key_id, team, topic, config.apns_sandbox)?,
+            (None, None) => anyhow::bail!("APNs is configured but its key is neither PANNEAU_APNS_KEY nor the apns_key secret"),
+        };
+        gateways.apns = Some(Arc::new(gateway));
     }
-    if let Some(key) = &config.webpush_vapid_key {
-        gateways.webpush = Some(Arc::new(WebPushGateway::new(
-            key,
-            &config.webpush_contact,
-            webpush_endpoints(config),
-        )?));
+    let endpoints = webpush_endpoints(config);
+    if let Some(pem) = secrets.get("webpush_vapid_key") {
+        gateways.webpush = Some(Arc::new(WebPushGateway::from_pem(pem.expose_secret(), &config.webpush_contact, endpoints)?));
+    } else if let Some(key) = &config.webpush_vapid_key {
+        gateways.webpush = Some(Arc::new(WebPushGateway::new(key, &config.webpush_contact, endpoints)?));
     }
     Ok(gateways)
 }
@@ -137,8 +133,8 @@ fn notifier_settings(config: &Config) -> NotifierSettings {
 /// Opens the SQL store and applies migrations. A MariaDB that cannot be reached
 /// does not stop the instance: it serves reads and answers commands with 503
 /// until the database returns.
-async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
-    let url = config.database_url();
+async fn open_store(config: &Config, secrets: &Secrets) -> anyhow::Result<SqlStore> {
+    let url = secrets.database_url(&config.database_url());
     let settings = PoolSettings {
         max_connections: config.database_max_connections,
         acquire_timeout: Duration::from_millis(config.database_acquire_timeout_ms),
@@ -173,7 +169,10 @@ impl Application {
         crate::install_crypto();
         let communes = COMMUNES.clone();
         let metrics = Arc::new(Metrics::new());
-        let gateways = gateways(&config).context("cannot set up the push gateways")?;
+        let secrets = Secrets::load(&config, metrics.clone())
+            .await
+            .context("cannot read the secrets (PANNEAU_SECRETS)")?;
+        let gateways = gateways(&config, &secrets).context("cannot set up the push gateways")?;
         let wake_fanout = Arc::new(Notify::new());
         let health = Arc::new(Health::default());
         let stop_tasks = CancellationToken::new();
@@ -182,7 +181,7 @@ impl Application {
         let backend = match config.mode() {
             Mode::Embedded { .. } => {
                 let bus = LocalBus::new(4096);
-                let store = open_store(&config)
+                let store = open_store(&config, &secrets)
                     .await?
                     .with_commit_hook(Arc::new(bus.clone()));
                 let feeds = Arc::new(MemoryFeedStore::default());
@@ -228,7 +227,7 @@ impl Application {
             }
             Mode::Cluster => {
                 let nudge = Arc::new(RelayNudge::default());
-                let store = open_store(&config).await?.with_commit_hook(nudge.clone());
+                let store = open_store(&config, &secrets).await?.with_commit_hook(nudge.clone());
                 let nats_url = config
                     .nats_url
                     .as_deref()
@@ -318,6 +317,9 @@ impl Application {
             "fan-out",
             tokio::spawn(fanout.run(wake_fanout, stop_tasks.clone())),
         ));
+        if let Some(vault) = secrets.vault.clone() {
+            tasks.push(("vault token", tokio::spawn(vault.keep_renewed(stop_tasks.clone()))));
+        }
         let views = Arc::new(api::views::ViewCounter::default());
         tasks.push((
             "view counter",
@@ -348,6 +350,7 @@ impl Application {
             registrations: Arc::new(api::devices::registration_limit()),
             webpush_endpoints: webpush_endpoints(&config),
             metrics: metrics.clone(),
+            token_hasher: TokenHasher::new(secrets.get("token_pepper").cloned()),
             cache_policy: CachePolicy {
                 max_age: config.feed_max_age,
                 stale_while_revalidate: config.feed_stale_while_revalidate,

@@ -4,12 +4,12 @@
 use std::collections::BTreeSet;
 
 use anyhow::{Context, bail};
-use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use panneau_domain::{DepartmentCode, InseeCode, PublisherId, Role, Scope};
 use secrecy::ExposeSecret;
 
-use crate::api::publisher::token_hash;
+use crate::secrets::Secrets;
+use crate::tokens::TokenHasher;
 use crate::app::COMMUNES;
 use crate::config::{Config, Mode};
 use crate::store::sql::{PoolSettings, SqlStore};
@@ -121,25 +121,23 @@ impl Grant {
     }
 }
 
-/// A new bearer token: `pnn_` and 256 random bits, base64url.
+/// A new bearer token.
 fn new_token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness available: {e}"))?;
-    Ok(format!(
-        "pnn_{}",
-        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
-    ))
+    crate::tokens::new_token().map_err(|e| anyhow::anyhow!("no randomness available: {e}"))
 }
 
-async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
-    let store = SqlStore::connect(&config.database_url(), &PoolSettings::default())
+/// Opens (and migrates) the database with the configured secrets, and returns
+/// the token hasher those secrets imply.
+async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, TokenHasher)> {
+    let secrets = Secrets::load(config, std::sync::Arc::new(crate::metrics::Metrics::new()))
+        .await
+        .context("cannot read the secrets (PANNEAU_SECRETS)")?;
+    let url = secrets.database_url(&config.database_url());
+    let store = SqlStore::connect(&url, &PoolSettings::default())
         .await
         .context("cannot open the database (PANNEAU_DATABASE_URL)")?;
-    store
-        .migrate()
-        .await
-        .context("cannot migrate the database")?;
-    Ok(store)
+    store.migrate().await.context("cannot migrate the database")?;
+    Ok((store, TokenHasher::new(secrets.get("token_pepper").cloned())))
 }
 
 /// Runs `panneau migrate`.
@@ -147,7 +145,7 @@ async fn open_store(config: &Config) -> anyhow::Result<SqlStore> {
 /// # Errors
 /// When the database cannot be opened or migrated.
 pub async fn migrate(config: &Config) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let (store, _) = open_store(config).await?;
     store.close().await;
     eprintln!("database schema is up to date");
     Ok(())
@@ -158,7 +156,7 @@ pub async fn migrate(config: &Config) -> anyhow::Result<()> {
 /// # Errors
 /// On invalid arguments or when the database fails.
 pub async fn publisher(config: &Config, command: PublisherCommand) -> anyhow::Result<()> {
-    let store = open_store(config).await?;
+    let (store, hasher) = open_store(config).await?;
     let now = crate::now();
     match command {
         PublisherCommand::Create { name, grant } => {
@@ -168,7 +166,7 @@ pub async fn publisher(config: &Config, command: PublisherCommand) -> anyhow::Re
             }
             let token = new_token()?;
             let new = NewToken {
-                hash: token_hash(&token),
+                hash: hasher.hash(&token),
                 role: grant.role(),
                 scope: grant.scope()?,
             };
@@ -185,7 +183,7 @@ pub async fn publisher(config: &Config, command: PublisherCommand) -> anyhow::Re
             let publisher = PublisherId::parse(&publisher).context("expected a publisher id")?;
             let token = new_token()?;
             let new = NewToken {
-                hash: token_hash(&token),
+                hash: hasher.hash(&token),
                 role: grant.role(),
                 scope: grant.scope()?,
             };

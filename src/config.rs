@@ -10,6 +10,19 @@ use figment::providers::{Env, Format, Serialized, Toml};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
+/// Where secrets come from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecretsSource {
+    /// `PANNEAU_SECRET_<NAME>` variables (development).
+    #[default]
+    Env,
+    /// One file per secret in `secrets_dir`.
+    File,
+    /// HashiCorp Vault (AppRole, KV v2).
+    Vault,
+}
+
 /// How logs are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -87,6 +100,19 @@ pub struct Config {
     /// `panneau check-config`: every one must be in the European Union.
     pub database_region: Option<String>,
     pub nats_region: Option<String>,
+    /// Where the secrets (database password, token pepper, push credentials,
+    /// backup key) come from: `env`, `file` or `vault`.
+    pub secrets: SecretsSource,
+    pub secrets_dir: PathBuf,
+    pub vault_addr: Option<String>,
+    pub vault_role_id: Option<String>,
+    pub vault_secret_id: Option<SecretString>,
+    /// A file holding the AppRole secret id (preferred to the variable).
+    pub vault_secret_id_file: Option<PathBuf>,
+    pub vault_approle_mount: String,
+    /// The KV v2 mount and the path of Panneau's secrets document in it.
+    pub vault_mount: String,
+    pub vault_path: String,
     /// S3 buckets the backups go to (file only: a TOML array of tables).
     #[serde(default)]
     pub backup_targets: Vec<BackupTarget>,
@@ -171,6 +197,11 @@ struct Defaults {
     push_concurrency: usize,
     push_lease_seconds: u64,
     webpush_allow_loopback: bool,
+    secrets: SecretsSource,
+    secrets_dir: &'static str,
+    vault_approle_mount: &'static str,
+    vault_mount: &'static str,
+    vault_path: &'static str,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -199,6 +230,11 @@ const DEFAULTS: Defaults = Defaults {
     push_concurrency: 256,
     push_lease_seconds: 60,
     webpush_allow_loopback: false,
+    secrets: SecretsSource::Env,
+    secrets_dir: "/run/secrets/panneau",
+    vault_approle_mount: "approle",
+    vault_mount: "secret",
+    vault_path: "panneau",
 };
 
 /// The embedded database used when no `database_url` is set.

@@ -19,9 +19,11 @@ pub mod projector;
 pub mod push;
 pub mod readmodel;
 pub mod scheduler;
+pub mod secrets;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;
+pub mod tokens;
 
 use panneau_domain::Timestamp;
 

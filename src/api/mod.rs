@@ -61,6 +61,8 @@ pub struct AppState {
     /// Where Web Push subscriptions may point.
     pub webpush_endpoints: crate::subscription::Endpoints,
     pub metrics: Arc<Metrics>,
+    /// How bearer tokens are hashed (with the server's pepper, when there is one).
+    pub token_hasher: crate::tokens::TokenHasher,
     pub cache_policy: CachePolicy,
     /// Take the client address from `X-Forwarded-For` (behind a trusted proxy only).
     pub trust_forwarded_for: bool,

@@ -30,11 +30,6 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/publisher/publications", get(own_publications))
 }
 
-/// The hash under which a bearer token is stored.
-pub fn token_hash(token: &str) -> [u8; 32] {
-    Sha256::digest(token.as_bytes()).into()
-}
-
 /// An authenticated publisher token.
 #[derive(Debug, Clone)]
 pub struct Authenticated {
@@ -83,7 +78,7 @@ impl FromRequestParts<AppState> for Authenticated {
             .map(str::trim)
             .filter(|t| !t.is_empty() && t.len() <= 256)
             .ok_or_else(|| unauthorized("expected Authorization: Bearer TOKEN"))?;
-        let hash = token_hash(token);
+        let hash = app.token_hasher.hash(token);
         let record = match app.tokens.get(&hash).await {
             Some(record) => record,
             None => {

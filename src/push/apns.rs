@@ -52,12 +52,26 @@ impl ApnsGateway {
     ) -> Result<Self, ApnsSetupError> {
         let pem = std::fs::read(key)
             .map_err(|e| ApnsSetupError::Key(format!("{}: {e}", key.display())))?;
+        Self::from_pem(&pem, key_id, team_id, topic, sandbox)
+    }
+
+    /// The same, from the key itself (a secret from Vault).
+    ///
+    /// # Errors
+    /// `ApnsSetupError` when the key cannot be used.
+    pub fn from_pem(
+        pem: &[u8],
+        key_id: &str,
+        team_id: &str,
+        topic: &str,
+        sandbox: bool,
+    ) -> Result<Self, ApnsSetupError> {
         let endpoint = if sandbox {
             Endpoint::Sandbox
         } else {
             Endpoint::Production
         };
-        let client = a2::Client::token(&pem[..], key_id, team_id, ClientConfig::new(endpoint))
+        let client = a2::Client::token(pem, key_id, team_id, ClientConfig::new(endpoint))
             .map_err(ApnsSetupError::Client)?;
         Ok(Self {
             client,

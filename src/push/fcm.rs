@@ -54,6 +54,20 @@ impl FcmGateway {
     pub fn new(credentials: &Path, endpoint: &str) -> Result<Self, FcmSetupError> {
         let account = gcp_auth::CustomServiceAccount::from_file(credentials)
             .map_err(FcmSetupError::Credentials)?;
+        Self::with_account(account, endpoint)
+    }
+
+    /// The same, from the service-account JSON itself (a secret from Vault).
+    ///
+    /// # Errors
+    /// `FcmSetupError` naming what is wrong.
+    pub fn from_json(credentials: &str, endpoint: &str) -> Result<Self, FcmSetupError> {
+        let account =
+            gcp_auth::CustomServiceAccount::from_json(credentials).map_err(FcmSetupError::Credentials)?;
+        Self::with_account(account, endpoint)
+    }
+
+    fn with_account(account: gcp_auth::CustomServiceAccount, endpoint: &str) -> Result<Self, FcmSetupError> {
         let project = account
             .project_id()
             .ok_or(FcmSetupError::NoProject)?

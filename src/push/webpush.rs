@@ -49,7 +49,15 @@ impl WebPushGateway {
     ) -> Result<Self, WebPushSetupError> {
         let pem = std::fs::read_to_string(vapid_key)
             .map_err(|e| WebPushSetupError::Key(format!("{}: {e}", vapid_key.display())))?;
-        let vapid = ES256KeyPair::from_pem(&pem).map_err(|_| WebPushSetupError::BadKey)?;
+        Self::from_pem(&pem, contact, endpoints)
+    }
+
+    /// The same, from the key itself (a secret from Vault).
+    ///
+    /// # Errors
+    /// `WebPushSetupError` when the key is unusable.
+    pub fn from_pem(pem: &str, contact: &str, endpoints: Endpoints) -> Result<Self, WebPushSetupError> {
+        let vapid = ES256KeyPair::from_pem(pem).map_err(|_| WebPushSetupError::BadKey)?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))
             .build()

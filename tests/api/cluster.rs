@@ -460,7 +460,7 @@ async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() 
         .create_publisher(
             "Mairie",
             &panneau::store::NewToken {
-                hash: panneau::api::publisher::token_hash(&token),
+                hash: panneau::tokens::TokenHasher::default().hash(&token),
                 role: panneau_domain::Role::Editor,
                 scope: communes(&["35238", "35051"]),
             },

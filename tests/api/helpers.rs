@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
-use panneau::api::publisher::token_hash;
+use panneau::tokens::TokenHasher;
 use panneau::app::Application;
 use panneau::config::Config;
 use panneau::store::sql::{PoolSettings, SqlStore};
@@ -182,7 +182,7 @@ impl TestApp {
             .unwrap();
         let token = format!("pnn_test_{}", uuid::Uuid::now_v7().simple());
         let new = NewToken {
-            hash: token_hash(&token),
+            hash: TokenHasher::default().hash(&token),
             role,
             scope,
         };
@@ -204,7 +204,7 @@ impl TestApp {
         for role in roles {
             let token = format!("pnn_test_{}", uuid::Uuid::now_v7().simple());
             let new = NewToken {
-                hash: token_hash(&token),
+                hash: TokenHasher::default().hash(&token),
                 role: *role,
                 scope: scope.clone(),
             };

@@ -196,7 +196,7 @@ async fn a_server_error_reaches_sentry_once_with_its_request_id_and_nothing_pers
         .create_publisher(
             "Mairie",
             &panneau::store::NewToken {
-                hash: panneau::api::publisher::token_hash(&token),
+                hash: panneau::tokens::TokenHasher::default().hash(&token),
                 role: panneau_domain::Role::Editor,
                 scope: crate::helpers::communes(&["35238"]),
             },
