@@ -32,13 +32,13 @@ use crate::push::{Gateways, RateLimiter};
 use crate::readmodel::cache::FeedCache;
 use crate::readmodel::kv::KvFeedStore;
 use crate::readmodel::{FeedStore, MemoryFeedStore};
+use crate::secrets::Secrets;
 use crate::store::sql::{Dialect, PoolSettings, SqlStore};
 use crate::store::{EventStore, StateStore};
-use crate::secrets::Secrets;
 use crate::subscription::Endpoints;
 use crate::tokens::TokenHasher;
-use secrecy::ExposeSecret;
 use crate::{projector, scheduler};
+use secrecy::ExposeSecret;
 
 /// The 34,969 current communes, built in (Etalab, MIT licence; see `data/`).
 pub static COMMUNES: LazyLock<Arc<Communes>> = LazyLock::new(|| {
@@ -88,23 +88,49 @@ struct Backend {
 pub fn gateways(config: &Config, secrets: &Secrets) -> anyhow::Result<Gateways> {
     let mut gateways = Gateways::default();
     if let Some(json) = secrets.get("fcm_credentials") {
-        gateways.fcm = Some(Arc::new(FcmGateway::from_json(json.expose_secret(), &config.fcm_endpoint)?));
+        gateways.fcm = Some(Arc::new(FcmGateway::from_json(
+            json.expose_secret(),
+            &config.fcm_endpoint,
+        )?));
     } else if let Some(credentials) = &config.fcm_credentials {
-        gateways.fcm = Some(Arc::new(FcmGateway::new(credentials, &config.fcm_endpoint)?));
+        gateways.fcm = Some(Arc::new(FcmGateway::new(
+            credentials,
+            &config.fcm_endpoint,
+        )?));
     }
-    if let (Some(key_id), Some(team), Some(topic)) = (&config.apns_key_id, &config.apns_team_id, &config.apns_topic) {
+    if let (Some(key_id), Some(team), Some(topic)) = (
+        &config.apns_key_id,
+        &config.apns_team_id,
+        &config.apns_topic,
+    ) {
         let gateway = match (secrets.get("apns_key"), &config.apns_key) {
-            (Some(pem), _) => ApnsGateway::from_pem(pem.expose_secret().as_bytes(), key_id, team, topic, config.apns_sandbox)?,
+            (Some(pem), _) => ApnsGateway::from_pem(
+                pem.expose_secret().as_bytes(),
+                key_id,
+                team,
+                topic,
+                config.apns_sandbox,
+            )?,
             (None, Some(path)) => ApnsGateway::new(path, key_id, team, topic, config.apns_sandbox)?,
-            (None, None) => anyhow::bail!("APNs is configured but its key is neither PANNEAU_APNS_KEY nor the apns_key secret"),
+            (None, None) => anyhow::bail!(
+                "APNs is configured but its key is neither PANNEAU_APNS_KEY nor the apns_key secret"
+            ),
         };
         gateways.apns = Some(Arc::new(gateway));
     }
     let endpoints = webpush_endpoints(config);
     if let Some(pem) = secrets.get("webpush_vapid_key") {
-        gateways.webpush = Some(Arc::new(WebPushGateway::from_pem(pem.expose_secret(), &config.webpush_contact, endpoints)?));
+        gateways.webpush = Some(Arc::new(WebPushGateway::from_pem(
+            pem.expose_secret(),
+            &config.webpush_contact,
+            endpoints,
+        )?));
     } else if let Some(key) = &config.webpush_vapid_key {
-        gateways.webpush = Some(Arc::new(WebPushGateway::new(key, &config.webpush_contact, endpoints)?));
+        gateways.webpush = Some(Arc::new(WebPushGateway::new(
+            key,
+            &config.webpush_contact,
+            endpoints,
+        )?));
     }
     Ok(gateways)
 }
@@ -227,7 +253,9 @@ impl Application {
             }
             Mode::Cluster => {
                 let nudge = Arc::new(RelayNudge::default());
-                let store = open_store(&config, &secrets).await?.with_commit_hook(nudge.clone());
+                let store = open_store(&config, &secrets)
+                    .await?
+                    .with_commit_hook(nudge.clone());
                 let nats_url = config
                     .nats_url
                     .as_deref()
@@ -318,7 +346,10 @@ impl Application {
             tokio::spawn(fanout.run(wake_fanout, stop_tasks.clone())),
         ));
         if let Some(vault) = secrets.vault.clone() {
-            tasks.push(("vault token", tokio::spawn(vault.keep_renewed(stop_tasks.clone()))));
+            tasks.push((
+                "vault token",
+                tokio::spawn(vault.keep_renewed(stop_tasks.clone())),
+            ));
         }
         let views = Arc::new(api::views::ViewCounter::default());
         tasks.push((

@@ -8,12 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use panneau_domain::{DepartmentCode, InseeCode, PublisherId, Role, Scope};
 use secrecy::ExposeSecret;
 
-use crate::secrets::Secrets;
-use crate::tokens::TokenHasher;
 use crate::app::COMMUNES;
-use crate::config::{Config, Mode};
+use crate::config::{Config, Mode, SecretsSource};
+use crate::secrets::Secrets;
 use crate::store::sql::{PoolSettings, SqlStore};
 use crate::store::{NewToken, StateStore};
+use crate::tokens::TokenHasher;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -136,8 +136,14 @@ async fn open_store(config: &Config) -> anyhow::Result<(SqlStore, TokenHasher)> 
     let store = SqlStore::connect(&url, &PoolSettings::default())
         .await
         .context("cannot open the database (PANNEAU_DATABASE_URL)")?;
-    store.migrate().await.context("cannot migrate the database")?;
-    Ok((store, TokenHasher::new(secrets.get("token_pepper").cloned())))
+    store
+        .migrate()
+        .await
+        .context("cannot migrate the database")?;
+    Ok((
+        store,
+        TokenHasher::new(secrets.get("token_pepper").cloned()),
+    ))
 }
 
 /// Runs `panneau migrate`.
@@ -255,6 +261,20 @@ fn describe(scope: &Scope) -> String {
 /// When a place that stores user data is not declared in an EU region (a
 /// configuration that does not load is reported by `main`).
 pub fn check_config(config: &Config) -> anyhow::Result<()> {
+    if config.secrets == SecretsSource::Vault {
+        for (setting, present) in [
+            ("PANNEAU_VAULT_ADDR", config.vault_addr.is_some()),
+            ("PANNEAU_VAULT_ROLE_ID", config.vault_role_id.is_some()),
+            (
+                "PANNEAU_VAULT_SECRET_ID_FILE",
+                config.vault_secret_id.is_some() || config.vault_secret_id_file.is_some(),
+            ),
+        ] {
+            if !present {
+                bail!("{setting} is required with PANNEAU_SECRETS=vault");
+            }
+        }
+    }
     let problems = config.residency();
     if !problems.is_empty() {
         for problem in &problems {
@@ -291,6 +311,18 @@ pub fn check_config(config: &Config) -> anyhow::Result<()> {
         "nats_url: {}",
         config.nats_url.as_deref().unwrap_or("(none)")
     );
+    let secrets = match config.secrets {
+        SecretsSource::Env => "env (PANNEAU_SECRET_*)".to_owned(),
+        SecretsSource::File => format!("file ({})", config.secrets_dir.display()),
+        SecretsSource::Vault => format!(
+            "vault ({}, KV v2 {}/{}, AppRole at auth/{})",
+            config.vault_addr.as_deref().unwrap_or_default(),
+            config.vault_mount,
+            config.vault_path,
+            config.vault_approle_mount
+        ),
+    };
+    println!("secrets: {secrets}");
     println!("data residency: ok");
     Ok(())
 }

@@ -61,7 +61,10 @@ pub struct EnvSecrets;
 impl SecretSource for EnvSecrets {
     async fn get(&self, name: &str) -> Result<Option<SecretString>, SecretError> {
         let variable = format!("PANNEAU_SECRET_{}", name.to_ascii_uppercase());
-        Ok(std::env::var(variable).ok().filter(|v| !v.is_empty()).map(SecretString::from))
+        Ok(std::env::var(variable)
+            .ok()
+            .filter(|v| !v.is_empty())
+            .map(SecretString::from))
     }
 }
 
@@ -76,7 +79,9 @@ impl SecretSource for FileSecrets {
     async fn get(&self, name: &str) -> Result<Option<SecretString>, SecretError> {
         let path = self.dir.join(name);
         match std::fs::read_to_string(&path) {
-            Ok(text) => Ok(Some(SecretString::from(text.trim_end_matches('\n').to_owned()))),
+            Ok(text) => Ok(Some(SecretString::from(
+                text.trim_end_matches('\n').to_owned(),
+            ))),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(None),
             Err(error) => Err(SecretError::File {
                 path: path.display().to_string(),
@@ -103,7 +108,9 @@ pub struct VaultSecrets {
 
 impl std::fmt::Debug for VaultSecrets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("VaultSecrets").field("address", &self.address).finish_non_exhaustive()
+        f.debug_struct("VaultSecrets")
+            .field("address", &self.address)
+            .finish_non_exhaustive()
     }
 }
 
@@ -118,6 +125,9 @@ fn unix_now() -> f64 {
 fn describe(error: &vaultrs::error::ClientError) -> String {
     match error {
         vaultrs::error::ClientError::APIError { code, .. } => format!("HTTP {code}"),
+        vaultrs::error::ClientError::RestClientError {
+            source: rustify::errors::ClientError::ServerResponseError { code, .. },
+        } => format!("HTTP {code}"),
         vaultrs::error::ClientError::RestClientError { .. } => "connection failed".into(),
         _ => "unexpected answer".into(),
     }
@@ -129,14 +139,12 @@ impl VaultSecrets {
     /// # Errors
     /// `Setting` for missing settings, `LoginRefused`, `Unavailable`.
     pub async fn login(config: &Config, metrics: Arc<Metrics>) -> Result<Self, SecretError> {
-        let address = config
-            .vault_addr
-            .clone()
-            .ok_or(SecretError::Setting { setting: "PANNEAU_VAULT_ADDR" })?;
-        let role_id = config
-            .vault_role_id
-            .clone()
-            .ok_or(SecretError::Setting { setting: "PANNEAU_VAULT_ROLE_ID" })?;
+        let address = config.vault_addr.clone().ok_or(SecretError::Setting {
+            setting: "PANNEAU_VAULT_ADDR",
+        })?;
+        let role_id = config.vault_role_id.clone().ok_or(SecretError::Setting {
+            setting: "PANNEAU_VAULT_ROLE_ID",
+        })?;
         let secret_id = match (&config.vault_secret_id, &config.vault_secret_id_file) {
             (Some(id), _) => id.clone(),
             (None, Some(file)) => std::fs::read_to_string(file)
@@ -145,13 +153,19 @@ impl VaultSecrets {
                     path: file.display().to_string(),
                     reason: e.kind().to_string(),
                 })?,
-            (None, None) => return Err(SecretError::Setting { setting: "PANNEAU_VAULT_SECRET_ID_FILE" }),
+            (None, None) => {
+                return Err(SecretError::Setting {
+                    setting: "PANNEAU_VAULT_SECRET_ID_FILE",
+                });
+            }
         };
         let settings = VaultClientSettingsBuilder::default()
             .address(&address)
             .timeout(Some(Duration::from_secs(5)))
             .build()
-            .map_err(|_| SecretError::Setting { setting: "PANNEAU_VAULT_ADDR" })?;
+            .map_err(|_| SecretError::Setting {
+                setting: "PANNEAU_VAULT_ADDR",
+            })?;
         let client = VaultClient::new(settings).map_err(|e| SecretError::Unavailable {
             address: address.clone(),
             reason: describe(&e),
@@ -173,15 +187,22 @@ impl VaultSecrets {
 
     async fn authenticate(&self) -> Result<(), SecretError> {
         let mut client = self.client.write().await;
-        let auth = vaultrs::auth::approle::login(&*client, &self.approle_mount, &self.role_id, self.secret_id.expose_secret())
-            .await
-            .map_err(|e| match e {
-                vaultrs::error::ClientError::APIError { code: 400 | 403, .. } => SecretError::LoginRefused,
-                other => SecretError::Unavailable {
-                    address: self.address.clone(),
-                    reason: describe(&other),
-                },
-            })?;
+        let auth = vaultrs::auth::approle::login(
+            &*client,
+            &self.approle_mount,
+            &self.role_id,
+            self.secret_id.expose_secret(),
+        )
+        .await
+        .map_err(|e| match e {
+            vaultrs::error::ClientError::APIError {
+                code: 400 | 403, ..
+            } => SecretError::LoginRefused,
+            other => SecretError::Unavailable {
+                address: self.address.clone(),
+                reason: describe(&other),
+            },
+        })?;
         client.set_token(&auth.client_token);
         self.set_expiry(auth.lease_duration);
         Ok(())
@@ -228,7 +249,9 @@ impl VaultSecrets {
                 }
                 Err(error) if self.seconds_left() <= 0.0 => match self.authenticate().await {
                     Ok(()) => tracing::info!("logged in to Vault again"),
-                    Err(login) => tracing::error!(error = %login, renewal = %describe(&error), "Vault token expired and login failed"),
+                    Err(login) => {
+                        tracing::error!(error = %login, renewal = %describe(&error), "Vault token expired and login failed")
+                    }
                 },
                 Err(error) => {
                     tracing::error!(reason = %describe(&error), seconds_left = self.seconds_left(), "cannot renew the Vault token");
@@ -246,7 +269,8 @@ impl VaultSecrets {
 impl SecretSource for VaultSecrets {
     async fn get(&self, name: &str) -> Result<Option<SecretString>, SecretError> {
         let client = self.client.read().await;
-        let document: Result<HashMap<String, String>, _> = vaultrs::kv2::read(&*client, &self.mount, &self.path).await;
+        let document: Result<HashMap<String, String>, _> =
+            vaultrs::kv2::read(&*client, &self.mount, &self.path).await;
         match document {
             Ok(mut document) => Ok(document.remove(name).map(SecretString::from)),
             Err(vaultrs::error::ClientError::APIError { code: 404, .. }) => Ok(None),
@@ -280,16 +304,20 @@ impl Secrets {
     /// # Errors
     /// `SecretError`.
     pub async fn load(config: &Config, metrics: Arc<Metrics>) -> Result<Self, SecretError> {
-        let (source, vault): (Box<dyn SecretSource>, Option<Arc<VaultSecrets>>) = match config.secrets {
-            SecretsSource::Env => (Box::new(EnvSecrets), None),
-            SecretsSource::File => (Box::new(FileSecrets {
-                dir: config.secrets_dir.clone(),
-            }), None),
-            SecretsSource::Vault => {
-                let vault = Arc::new(VaultSecrets::login(config, metrics).await?);
-                (Box::new(VaultRef(vault.clone())), Some(vault))
-            }
-        };
+        let (source, vault): (Box<dyn SecretSource>, Option<Arc<VaultSecrets>>) =
+            match config.secrets {
+                SecretsSource::Env => (Box::new(EnvSecrets), None),
+                SecretsSource::File => (
+                    Box::new(FileSecrets {
+                        dir: config.secrets_dir.clone(),
+                    }),
+                    None,
+                ),
+                SecretsSource::Vault => {
+                    let vault = Arc::new(VaultSecrets::login(config, metrics).await?);
+                    (Box::new(VaultRef(vault.clone())), Some(vault))
+                }
+            };
         let mut values = HashMap::new();
         for name in NAMES {
             if let Some(value) = source.get(name).await? {

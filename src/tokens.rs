@@ -16,7 +16,9 @@ pub struct TokenHasher {
 
 impl std::fmt::Debug for TokenHasher {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TokenHasher").field("peppered", &self.pepper.is_some()).finish()
+        f.debug_struct("TokenHasher")
+            .field("peppered", &self.pepper.is_some())
+            .finish()
     }
 }
 
@@ -28,8 +30,8 @@ impl TokenHasher {
     pub fn hash(&self, token: &str) -> [u8; 32] {
         match &self.pepper {
             Some(pepper) => {
-                let mut mac =
-                    Hmac::<Sha256>::new_from_slice(pepper.expose_secret().as_bytes()).expect("HMAC takes any key length");
+                let mut mac = Hmac::<Sha256>::new_from_slice(pepper.expose_secret().as_bytes())
+                    .expect("HMAC takes any key length");
                 mac.update(token.as_bytes());
                 mac.finalize().into_bytes().into()
             }

@@ -62,12 +62,15 @@ impl FcmGateway {
     /// # Errors
     /// `FcmSetupError` naming what is wrong.
     pub fn from_json(credentials: &str, endpoint: &str) -> Result<Self, FcmSetupError> {
-        let account =
-            gcp_auth::CustomServiceAccount::from_json(credentials).map_err(FcmSetupError::Credentials)?;
+        let account = gcp_auth::CustomServiceAccount::from_json(credentials)
+            .map_err(FcmSetupError::Credentials)?;
         Self::with_account(account, endpoint)
     }
 
-    fn with_account(account: gcp_auth::CustomServiceAccount, endpoint: &str) -> Result<Self, FcmSetupError> {
+    fn with_account(
+        account: gcp_auth::CustomServiceAccount,
+        endpoint: &str,
+    ) -> Result<Self, FcmSetupError> {
         let project = account
             .project_id()
             .ok_or(FcmSetupError::NoProject)?

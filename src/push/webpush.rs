@@ -56,7 +56,11 @@ impl WebPushGateway {
     ///
     /// # Errors
     /// `WebPushSetupError` when the key is unusable.
-    pub fn from_pem(pem: &str, contact: &str, endpoints: Endpoints) -> Result<Self, WebPushSetupError> {
+    pub fn from_pem(
+        pem: &str,
+        contact: &str,
+        endpoints: Endpoints,
+    ) -> Result<Self, WebPushSetupError> {
         let vapid = ES256KeyPair::from_pem(pem).map_err(|_| WebPushSetupError::BadKey)?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs(10))

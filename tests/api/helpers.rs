@@ -5,11 +5,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Duration;
 
-use panneau::tokens::TokenHasher;
 use panneau::app::Application;
 use panneau::config::Config;
 use panneau::store::sql::{PoolSettings, SqlStore};
 use panneau::store::{NewToken, StateStore};
+use panneau::tokens::TokenHasher;
 use panneau_domain::{DepartmentCode, InseeCode, Role, Scope};
 use reqwest::header::HeaderMap;
 use serde_json::{Value, json};

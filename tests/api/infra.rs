@@ -301,6 +301,7 @@ impl Drop for NatsServer {
 /// A Panneau instance running as its own process, so a test can `kill -9` it.
 pub struct Instance {
     pub http: u16,
+    pub ops: u16,
     child: Option<Child>,
     log: PathBuf,
 }
@@ -338,6 +339,7 @@ impl Instance {
         wait_for_port(http, "panneau", Duration::from_secs(30));
         Self {
             http,
+            ops,
             child: Some(child),
             log,
         }
@@ -363,6 +365,17 @@ impl Instance {
 impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
+        keep_output("instance", &self.log());
+    }
+}
+
+/// Keeps what a process printed in `PANNEAU_TEST_LOG_DIR`, when set, so that
+/// `scripts/test` can search the logs of the whole run for test secrets.
+pub fn keep_output(what: &str, text: &str) {
+    if let Ok(dir) = std::env::var("PANNEAU_TEST_LOG_DIR") {
+        let _ = std::fs::create_dir_all(&dir);
+        let name = format!("{what}-{}.log", uuid::Uuid::now_v7().simple());
+        let _ = std::fs::write(Path::new(&dir).join(name), text);
     }
 }
 

@@ -7,10 +7,13 @@ mod cluster;
 mod communes;
 #[path = "../support/fake_push.rs"]
 mod fake_push;
+#[path = "../support/fake_vault.rs"]
+mod fake_vault;
 mod helpers;
 mod infra;
 mod ops;
 mod publishing;
 mod push;
 mod reading;
+mod secrets;
 mod store;

@@ -191,7 +191,7 @@ async fn a_server_error_reaches_sentry_once_with_its_request_id_and_nothing_pers
     let store = panneau::store::sql::SqlStore::connect(&database, &Default::default())
         .await
         .unwrap();
-    let token = "pnn_sentry_test_token_do_not_leak".to_owned();
+    let token = "pnn_s3cr3t_sentry_test_token".to_owned();
     store
         .create_publisher(
             "Mairie",
