@@ -30,6 +30,7 @@ use crate::push::fcm::FcmGateway;
 use crate::push::webpush::WebPushGateway;
 use crate::push::{Gateways, RateLimiter};
 use crate::readmodel::cache::FeedCache;
+use crate::readmodel::generations::Generations;
 use crate::readmodel::kv::KvFeedStore;
 use crate::readmodel::{FeedStore, MemoryFeedStore};
 use crate::secrets::Secrets;
@@ -263,7 +264,20 @@ impl Application {
                 let client = jetstream::connect(nats_url).await?;
                 let js = async_nats::jetstream::new(client.clone());
                 let topology = jetstream::ensure_topology(&js, config.nats_replicas).await?;
-                let feeds: Arc<dyn FeedStore> = Arc::new(KvFeedStore::new(topology.feeds));
+                let generations = Arc::new(Generations::new(
+                    topology.feeds_generation,
+                    Arc::new(KvFeedStore::new(topology.feeds)),
+                ));
+                tasks.push((
+                    "feed generation follower",
+                    tokio::spawn(jetstream::follow_feeds_generation(
+                        js.clone(),
+                        topology.meta,
+                        generations.clone(),
+                        stop_tasks.clone(),
+                    )),
+                ));
+                let feeds: Arc<dyn FeedStore> = generations;
                 tasks.push((
                     "feed projector",
                     tokio::spawn(jetstream::run_feed_projector(

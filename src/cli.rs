@@ -1,5 +1,6 @@
 //! The command line: `panneau serve` (the default), `panneau migrate`,
-//! `panneau publisher create|token|list|revoke`, `panneau check-config`.
+//! `panneau publisher create|token|list|revoke`, `panneau replay`,
+//! `panneau check-config`.
 
 use std::collections::BTreeSet;
 
@@ -37,6 +38,27 @@ pub enum Commands {
     Publisher(PublisherCommand),
     /// Check the configuration without starting anything.
     CheckConfig,
+    /// Rebuild a read model from the event log into a new generation, then
+    /// switch every instance to it (cluster mode). Never sends a notification.
+    Replay(ReplayArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ReplayArgs {
+    /// The read model to rebuild (or, with --verify, to check).
+    #[arg(value_enum)]
+    pub projection: Option<Projection>,
+    /// Rebuild in memory and compare with the live read model instead; exits
+    /// with status 1 when they differ.
+    #[arg(long)]
+    pub verify: bool,
+}
+
+/// The read models `panneau replay` rebuilds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Projection {
+    /// The feeds of every commune and the publications they show.
+    Feeds,
 }
 
 #[derive(Debug, Subcommand)]
@@ -324,5 +346,61 @@ pub fn check_config(config: &Config) -> anyhow::Result<()> {
     };
     println!("secrets: {secrets}");
     println!("data residency: ok");
+    Ok(())
+}
+
+/// Runs `panneau replay PROJECTION` or `panneau replay [PROJECTION] --verify`.
+///
+/// # Errors
+/// When the replay fails (the live generation is left as it was), or when
+/// `--verify` finds differences.
+pub async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
+    if config.mode() != Mode::Cluster {
+        return crate::replay::embedded_refusal();
+    }
+    let projections = match (args.projection, args.verify) {
+        (Some(projection), _) => vec![projection],
+        (None, true) => vec![Projection::Feeds],
+        (None, false) => bail!("name the read model to rebuild: panneau replay feeds"),
+    };
+    let nats_url = config
+        .nats_url
+        .as_deref()
+        .context("PANNEAU_NATS_URL is required in cluster mode")?;
+    let (store, _) = open_store(config).await?;
+    let client = crate::bus::jetstream::connect(nats_url).await?;
+    let context = async_nats::jetstream::new(client);
+    for projection in projections {
+        match (projection, args.verify) {
+            (Projection::Feeds, false) => {
+                let report =
+                    crate::replay::replay_feeds(&store, &context, config.nats_replicas).await?;
+                println!(
+                    "replayed {} events into {} documents of feed generation {}: switched after {:.1} s ({:.0} events/s), done after {:.1} s",
+                    report.events,
+                    report.documents,
+                    report.generation,
+                    report.until_switch.as_secs_f64(),
+                    report.events_per_second(),
+                    report.elapsed.as_secs_f64(),
+                );
+            }
+            (Projection::Feeds, true) => {
+                let (generation, live) = crate::replay::live_feeds(&context).await?;
+                let (compared, differences) = crate::replay::verify_feeds(&store, &live).await?;
+                for difference in differences.iter().take(50) {
+                    println!("{}\t{}", difference.key, difference.what);
+                }
+                if !differences.is_empty() {
+                    bail!(
+                        "feed generation {generation}: {} of {compared} documents differ from the event log",
+                        differences.len()
+                    );
+                }
+                println!("feed generation {generation}: {compared} documents match the event log");
+            }
+        }
+    }
+    store.close().await;
     Ok(())
 }

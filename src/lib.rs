@@ -18,6 +18,7 @@ pub mod notifier;
 pub mod projector;
 pub mod push;
 pub mod readmodel;
+pub mod replay;
 pub mod scheduler;
 pub mod secrets;
 pub mod store;

@@ -29,6 +29,7 @@ fn main() -> anyhow::Result<()> {
             Commands::Migrate => cli::migrate(&config).await,
             Commands::Publisher(command) => cli::publisher(&config, command).await,
             Commands::CheckConfig => cli::check_config(&config),
+            Commands::Replay(args) => cli::replay(&config, &args).await,
         }
     })
 }

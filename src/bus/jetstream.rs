@@ -26,12 +26,20 @@ use crate::codec::decode_event;
 use crate::metrics::{ConsumerLabels, Metrics};
 use crate::projector::{Outcome, project};
 use crate::readmodel::FeedStore;
+use crate::readmodel::generations::Generations;
+use crate::readmodel::kv::KvFeedStore;
 use crate::store::sql::{CommitHook, OutboxRow, SqlStore};
 use crate::store::{EventStore, NotificationStore, RecordedEvent};
 
 pub const STREAM: &str = "PANNEAU_EVENTS";
 pub const SUBJECTS: &str = "panneau.events.>";
+/// The feed read model's first generation; `panneau replay feeds` builds the
+/// next ones beside it (`PANNEAU_FEEDS_G2`, …).
 pub const FEEDS_BUCKET: &str = "PANNEAU_FEEDS";
+/// Small shared settings: which generation of each read model is live.
+pub const META_BUCKET: &str = "PANNEAU_META";
+/// The key of `META_BUCKET` naming the live generation of the feeds.
+pub const FEEDS_GENERATION_KEY: &str = "feeds.generation";
 pub const FEED_CONSUMER: &str = "feed-projector";
 pub const NOTIFIER_CONSUMER: &str = "notifier";
 /// The oldest server Panneau accepts.
@@ -119,10 +127,52 @@ fn topology_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
+/// The bucket of a generation of the feed read model.
+pub fn feeds_bucket(generation: u64) -> String {
+    if generation <= 1 {
+        FEEDS_BUCKET.to_owned()
+    } else {
+        format!("{FEEDS_BUCKET}_G{generation}")
+    }
+}
+
+/// The settings of a feed bucket.
+pub fn feeds_bucket_config(generation: u64, replicas: usize) -> kv::Config {
+    kv::Config {
+        bucket: feeds_bucket(generation),
+        description: format!(
+            "Panneau's feed read model, generation {generation}: one document per commune and per publication"
+        ),
+        history: 1,
+        storage: StorageType::File,
+        num_replicas: replicas,
+        max_value_size: 8 * 1024 * 1024,
+        ..Default::default()
+    }
+}
+
+/// The live generation of the feeds as `META_BUCKET` records it (1 when it
+/// records none).
+///
+/// # Errors
+/// When the bucket cannot be read.
+pub async fn live_feeds_generation(meta: &kv::Store) -> Result<u64, BusError> {
+    let entry = meta
+        .get(FEEDS_GENERATION_KEY)
+        .await
+        .map_err(topology_error("key feeds.generation"))?;
+    Ok(entry
+        .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok())
+        .unwrap_or(1))
+}
+
 /// What the instance uses on the broker.
 #[derive(Debug)]
 pub struct Topology {
+    /// The live generation of the feeds, and its bucket.
+    pub feeds_generation: u64,
     pub feeds: kv::Store,
+    pub meta: kv::Store,
     pub feed_consumer: PullConsumer,
     pub notifier_consumer: PullConsumer,
 }
@@ -162,19 +212,22 @@ pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, 
     })
     .await
     .map_err(topology_error("stream PANNEAU_EVENTS"))?;
-    let feeds = js
+    let meta = js
         .create_or_update_key_value(kv::Config {
-            bucket: FEEDS_BUCKET.to_owned(),
-            description: "Panneau's feed read model: one document per commune and per publication"
-                .to_owned(),
-            history: 1,
+            bucket: META_BUCKET.to_owned(),
+            description: "Panneau: which generation of each read model is live".to_owned(),
+            history: 10,
             storage: StorageType::File,
             num_replicas: replicas,
-            max_value_size: 8 * 1024 * 1024,
             ..Default::default()
         })
         .await
-        .map_err(topology_error("bucket PANNEAU_FEEDS"))?;
+        .map_err(topology_error("bucket PANNEAU_META"))?;
+    let feeds_generation = live_feeds_generation(&meta).await?;
+    let feeds = js
+        .create_or_update_key_value(feeds_bucket_config(feeds_generation, replicas))
+        .await
+        .map_err(topology_error("the live feed bucket"))?;
     let stream = js
         .get_stream(STREAM)
         .await
@@ -194,7 +247,9 @@ pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, 
         .await
         .map_err(topology_error("consumer notifier"))?;
     Ok(Topology {
+        feeds_generation,
         feeds,
+        meta,
         feed_consumer,
         notifier_consumer,
     })
@@ -484,6 +539,74 @@ pub async fn run_notifier(
         }
     };
     consume(consumer, NOTIFIER_CONSUMER, 8, &metrics, shutdown, handle).await;
+}
+
+/// Follows the live generation of the feeds: when `panneau replay feeds`
+/// switches it, this instance's readers and projector move to the new bucket
+/// at once (see `Generations`).
+pub async fn follow_feeds_generation(
+    js: Context,
+    meta: kv::Store,
+    generations: Arc<Generations>,
+    shutdown: CancellationToken,
+) {
+    loop {
+        let mut watch = match meta.watch(FEEDS_GENERATION_KEY).await {
+            Ok(watch) => watch,
+            Err(error) => {
+                tracing::debug!(error = %error, "cannot watch the live generation; retrying");
+                tokio::select! {
+                    () = shutdown.cancelled() => return,
+                    () = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                }
+            }
+        };
+        // A switch made while this instance was not watching.
+        if let Ok(generation) = live_feeds_generation(&meta).await {
+            switch_feeds(&js, &generations, generation).await;
+        }
+        loop {
+            let entry = tokio::select! {
+                () = shutdown.cancelled() => return,
+                entry = watch.next() => entry,
+            };
+            match entry {
+                Some(Ok(entry)) => {
+                    let generation = std::str::from_utf8(&entry.value)
+                        .ok()
+                        .and_then(|v| v.trim().parse().ok());
+                    if let Some(generation) = generation {
+                        switch_feeds(&js, &generations, generation).await;
+                    }
+                }
+                Some(Err(error)) => {
+                    tracing::debug!(error = %error, "generation watch interrupted; resubscribing");
+                    break;
+                }
+                None => break,
+            }
+        }
+    }
+}
+
+async fn switch_feeds(js: &Context, generations: &Generations, generation: u64) {
+    if generation <= generations.generation() {
+        return;
+    }
+    loop {
+        match js.get_key_value(feeds_bucket(generation)).await {
+            Ok(bucket) => {
+                if generations.switch(generation, Arc::new(KvFeedStore::new(bucket))) {
+                    tracing::info!(generation, "now serving feed generation {generation}");
+                }
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(generation, error = %error, "cannot open the new feed generation; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    }
 }
 
 #[cfg(test)]

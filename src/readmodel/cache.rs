@@ -184,8 +184,10 @@ impl FeedCache {
     /// `Unavailable` when it is not cached and the store cannot be read.
     pub async fn feed(&self, commune: InseeCode) -> Result<Arc<Rendered>, ReadModelError> {
         let cached = self.feeds.get(&commune).await;
+        let floor = self.store.floor();
         if let Some(hit) = &cached
             && is_fresh(hit.fresh_until)
+            && hit.revision >= floor
         {
             self.metrics.feed_cache_hits.inc();
             return Ok(hit.clone());
@@ -195,7 +197,9 @@ impl FeedCache {
             .feeds
             .entry(commune)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some_and(|e| is_fresh(e.value().fresh_until)) {
+                if existing
+                    .is_some_and(|e| is_fresh(e.value().fresh_until) && e.value().revision >= floor)
+                {
                     return Ok(Op::Nop);
                 }
                 let document = self.load(&feed_key(&commune)).await?;
@@ -243,8 +247,10 @@ impl FeedCache {
         id: PublicationId,
     ) -> Result<Arc<PublicationLookup>, ReadModelError> {
         let cached = self.publications.get(&id).await;
+        let floor = self.store.floor();
         if let Some(hit) = &cached
             && is_fresh(hit.fresh_until())
+            && hit.revision() >= floor
         {
             self.metrics.feed_cache_hits.inc();
             return Ok(hit.clone());
@@ -254,11 +260,13 @@ impl FeedCache {
             .publications
             .entry(id)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some_and(|e| is_fresh(e.value().fresh_until())) {
+                if existing.is_some_and(|e| {
+                    is_fresh(e.value().fresh_until()) && e.value().revision() >= floor
+                }) {
                     return Ok(Op::Nop);
                 }
                 let document = self.load(&publication_key(&id)).await?;
-                Ok::<_, ReadModelError>(Op::Put(Arc::new(render_publication(document)?)))
+                Ok::<_, ReadModelError>(Op::Put(Arc::new(render_publication(document, floor)?)))
             })
             .await;
         match (result, cached) {
@@ -283,7 +291,7 @@ impl FeedCache {
     ) -> Result<Rendered, ReadModelError> {
         let (doc, revision) = match document {
             Some(d) => (decode_document::<FeedDocument>(&d.value)?, d.revision),
-            None => (FeedDocument::default(), 0),
+            None => (FeedDocument::default(), self.store.floor()),
         };
         let view = self
             .communes
@@ -334,7 +342,7 @@ impl FeedCache {
                         .and_compute_with(|existing| async {
                             match existing {
                                 Some(e) if e.value().revision() < document.revision => {
-                                    match render_publication(Some(document)) {
+                                    match render_publication(Some(document), 0) {
                                         Ok(rendered) => Op::Put(Arc::new(rendered)),
                                         Err(_) => Op::Remove,
                                     }
@@ -405,10 +413,14 @@ where
     }
 }
 
-fn render_publication(document: Option<Versioned>) -> Result<PublicationLookup, ReadModelError> {
+/// `floor`: the revision of a missing document (see `FeedStore::floor`).
+fn render_publication(
+    document: Option<Versioned>,
+    floor: u64,
+) -> Result<PublicationLookup, ReadModelError> {
     let Some(document) = document else {
         return Ok(PublicationLookup::NotFound {
-            revision: 0,
+            revision: floor,
             shown_from: None,
         });
     };

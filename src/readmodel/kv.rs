@@ -65,6 +65,15 @@ impl FeedStore for KvFeedStore {
         }
     }
 
+    async fn keys(&self) -> Result<Vec<String>, ReadModelError> {
+        let keys = self.kv.keys().await.map_err(unavailable)?;
+        keys.map(|k| k.map_err(unavailable))
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
     /// Follows the bucket. Each (re)subscription first replays the latest value
     /// of every key, so a watcher that lost its subscription during a broker
     /// outage catches up without forgetting what it holds.

@@ -18,6 +18,7 @@ use tokio::sync::broadcast;
 use crate::codec::CodecError;
 
 pub mod cache;
+pub mod generations;
 pub mod kv;
 
 /// A stored document and its revision (strictly increasing per key).
@@ -76,6 +77,19 @@ pub trait FeedStore: Send + Sync + 'static {
 
     /// Every change from now on, in the order the store applied them.
     fn watch(&self) -> BoxStream<'static, Change>;
+
+    /// Every key (for `panneau replay --verify`).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn keys(&self) -> Result<Vec<String>, ReadModelError>;
+
+    /// Every revision this store hands out from now on is at least this: a
+    /// cached document below it comes from an older generation of the read
+    /// model and is read again. A missing key counts as being at this revision.
+    fn floor(&self) -> u64 {
+        0
+    }
 }
 
 /// The key of a commune's board.
@@ -155,6 +169,16 @@ impl FeedStore for MemoryFeedStore {
             document,
         });
         Ok(revision)
+    }
+
+    async fn keys(&self) -> Result<Vec<String>, ReadModelError> {
+        Ok(self
+            .documents
+            .read()
+            .expect("feed store lock poisoned")
+            .keys()
+            .cloned()
+            .collect())
     }
 
     fn watch(&self) -> BoxStream<'static, Change> {

@@ -147,6 +147,12 @@ pub trait EventStore: Send + Sync + 'static {
     /// without holding them all in memory.
     fn read_after(&self, position: i64) -> BoxStream<'_, Result<RecordedEvent, StoreError>>;
 
+    /// The position of the last recorded event (0 for an empty log).
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn last_position(&self) -> Result<i64, StoreError>;
+
     /// The answer stored for an idempotency key, if any.
     ///
     /// # Errors

@@ -620,6 +620,14 @@ impl EventStore for SqlStore {
             .boxed()
     }
 
+    async fn last_position(&self) -> Result<i64, StoreError> {
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(last.unwrap_or(0))
+    }
+
     async fn idempotency(
         &self,
         publisher: PublisherId,

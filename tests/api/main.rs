@@ -15,5 +15,6 @@ mod ops;
 mod publishing;
 mod push;
 mod reading;
+mod replay;
 mod secrets;
 mod store;

@@ -12,7 +12,7 @@ use crate::helpers::{TestApp, Tweak, assert_problem, fields, notice, spawn_tweak
 const WAIT: Duration = Duration::from_secs(20);
 
 /// An instance whose FCM and Web Push gateways point at `fake`.
-async fn app_with(
+pub(crate) async fn app_with(
     fake: &FakePush,
     database: Option<&str>,
     nats: Option<&str>,

@@ -1,0 +1,518 @@
+//! `panneau replay`: rebuilds a read model from the MariaDB log, the source of
+//! truth, into a new generation, then switches every instance to it at once.
+//!
+//! The feeds, step by step:
+//! 1. create the bucket of the next generation beside the live one;
+//! 2. fold the whole log in memory (the pure `FeedProjection`) and write every
+//!    document into the new bucket;
+//! 3. tail the log into it (the idempotent `project`) until it has caught up;
+//! 4. switch the live generation in `PANNEAU_META` (compare-and-set: two
+//!    replays cannot both switch); instances move their readers and projector
+//!    at once (`Generations`);
+//! 5. keep tailing for a grace period, for the events live projectors applied
+//!    to the old generation before they saw the switch.
+//!
+//! Readers serve the old generation until step 4. A replay only writes the new
+//! bucket: it never creates a notification job nor sends a push.
+//!
+//! `--verify` folds the log in memory and compares it with the live model.
+
+use std::collections::BTreeSet;
+use std::io::IsTerminal;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use async_nats::jetstream::{self as js, kv};
+use bytes::Bytes;
+use futures_util::{StreamExt, TryStreamExt, stream};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use panneau_domain::{InseeCode, PublicationState};
+use panneau_projections::{FeedDocument, FeedProjection};
+
+use crate::bus::jetstream::{
+    self as bus, FEEDS_GENERATION_KEY, feeds_bucket, feeds_bucket_config, live_feeds_generation,
+};
+use crate::codec::{decode_document, encode_document};
+use crate::projector::{Outcome, project};
+use crate::readmodel::kv::KvFeedStore;
+use crate::readmodel::{FeedStore, ReadModelError, feed_key, publication_key};
+use crate::store::{EventStore, RecordedEvent};
+
+/// Documents written to the new bucket in one atomic batch: the broker
+/// stores (and, with `sync_interval: always`, syncs) a batch at once, where
+/// single puts cost a disk sync each.
+const WRITE_BATCH: usize = 1000;
+/// Batches in flight at once.
+const BATCHES_IN_FLIGHT: usize = 8;
+/// Events a tail pass reads again before where the last one stopped: MariaDB
+/// hands out positions at insert and transactions commit in another order, so
+/// an event may become visible behind one already read. Applying twice is
+/// harmless (`project` is idempotent).
+const TAIL_MARGIN: i64 = 1_000;
+/// How long the new generation keeps being tailed after the switch: longer
+/// than an instance takes to see the switch.
+pub const SWITCH_GRACE: Duration = Duration::from_secs(5);
+
+/// What a replay did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayReport {
+    pub generation: u64,
+    pub events: u64,
+    pub documents: u64,
+    /// From the start to the switch: the rebuild itself.
+    pub until_switch: Duration,
+    /// Including the grace period after the switch.
+    pub elapsed: Duration,
+}
+
+impl ReplayReport {
+    /// Events rebuilt per second, up to the switch.
+    pub fn events_per_second(&self) -> f64 {
+        self.events as f64 / self.until_switch.as_secs_f64().max(1e-9)
+    }
+}
+
+/// A progress bar on a terminal, a line every few seconds otherwise.
+struct Progress {
+    bar: ProgressBar,
+    terminal: bool,
+    last_line: Instant,
+    started: Instant,
+}
+
+impl Progress {
+    fn new(phase: &str, total: Option<u64>) -> Self {
+        let terminal = std::io::stderr().is_terminal();
+        let bar = match total {
+            Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
+            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+        };
+        let template = "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({per_sec}, {eta} left)";
+        bar.set_style(
+            ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar.set_message(phase.to_owned());
+        if !terminal {
+            bar.set_draw_target(ProgressDrawTarget::hidden());
+        }
+        Self {
+            bar,
+            terminal,
+            last_line: Instant::now(),
+            started: Instant::now(),
+        }
+    }
+
+    fn inc(&mut self, n: u64) {
+        self.bar.inc(n);
+        if !self.terminal && self.last_line.elapsed() > Duration::from_secs(2) {
+            self.last_line = Instant::now();
+            self.line();
+        }
+    }
+
+    fn line(&self) {
+        let done = self.bar.position();
+        let rate = done as f64 / self.started.elapsed().as_secs_f64().max(1e-9);
+        match self.bar.length() {
+            Some(total) => eprintln!("{}: {done}/{total} ({rate:.0}/s)", self.bar.message()),
+            None => eprintln!("{}: {done} ({rate:.0}/s)", self.bar.message()),
+        }
+    }
+
+    fn finish(self) {
+        if self.terminal {
+            self.bar.finish();
+        } else {
+            self.line();
+        }
+    }
+}
+
+/// Events handed at once from the reader to the folding thread.
+const FOLD_CHUNK: usize = 1_024;
+
+/// Folds the whole log in memory; returns the model, the last position read
+/// and the number of events.
+///
+/// Reading and decoding (this task) run beside the fold (a blocking
+/// thread), so a replay uses two cores.
+///
+/// # Errors
+/// When the log cannot be read or has a hole.
+pub async fn fold_log(
+    log: &dyn EventStore,
+    total: Option<u64>,
+) -> anyhow::Result<(FeedProjection, i64, u64)> {
+    let (chunks, mut inbox) = tokio::sync::mpsc::channel::<Vec<RecordedEvent>>(16);
+    let folder = tokio::task::spawn_blocking(move || -> anyhow::Result<FeedProjection> {
+        let mut projection = FeedProjection::default();
+        while let Some(chunk) = inbox.blocking_recv() {
+            for event in &chunk {
+                projection.apply(&event.envelope).map_err(|gap| {
+                    anyhow::anyhow!(
+                        "event {} of {} {gap}, which the log does not hold before it",
+                        event.position,
+                        event.envelope.stream_id
+                    )
+                })?;
+            }
+        }
+        Ok(projection)
+    });
+    let mut progress = Progress::new("fold", total);
+    let (mut position, mut events) = (0, 0);
+    let mut stream = log.read_after(0).try_chunks(FOLD_CHUNK);
+    let read: anyhow::Result<()> = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk
+                .map_err(|e| e.1)
+                .context("cannot read the event log")?;
+            position = chunk.last().map_or(position, |e| e.position);
+            events += chunk.len() as u64;
+            progress.inc(chunk.len() as u64);
+            // A closed channel means the fold stopped on an error, told below.
+            if chunks.send(chunk).await.is_err() {
+                break;
+            }
+        }
+        Ok(())
+    }
+    .await;
+    drop(chunks);
+    let folded = folder.await.context("the folding thread failed")?;
+    read?;
+    let projection = folded?;
+    progress.finish();
+    Ok((projection, position, events))
+}
+
+/// The documents of a folded model, as the projector stores them.
+fn documents(projection: &FeedProjection) -> Vec<(String, Bytes)> {
+    let records = projection
+        .records()
+        .map(|r| (publication_key(&r.id), Bytes::from(encode_document(r))));
+    let feeds = projection
+        .feeds()
+        .map(|(code, doc)| (feed_key(code), Bytes::from(encode_document(doc))));
+    records.chain(feeds).collect()
+}
+
+/// Writes the documents of a fold into the (new, unread) bucket `name`, in
+/// atomic batches: each batch is stored whole or not at all, and its
+/// acknowledgement comes once it is durable.
+async fn write_documents(
+    context: &js::Context,
+    name: &str,
+    documents: &[(String, Bytes)],
+) -> anyhow::Result<()> {
+    let stream_name = format!("KV_{name}");
+    let mut stream = context
+        .get_stream(&stream_name)
+        .await
+        .with_context(|| format!("cannot open the stream {stream_name}"))?;
+    let mut config = stream
+        .info()
+        .await
+        .context("cannot read the new bucket's configuration")?
+        .config
+        .clone();
+    config.allow_atomic_publish = true;
+    context
+        .update_stream(config)
+        .await
+        .context("the broker refuses atomic batches (nats-server 2.12 or later is needed)")?;
+    let mut progress = Progress::new("write", Some(documents.len() as u64));
+    let client = context.client();
+    let mut batches = stream::iter(documents.chunks(WRITE_BATCH))
+        .map(|batch| {
+            let client = &client;
+            async move {
+                let id = uuid::Uuid::now_v7().to_string();
+                for (sequence, (key, value)) in batch.iter().enumerate() {
+                    let mut headers = async_nats::HeaderMap::new();
+                    headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
+                    headers.insert(
+                        async_nats::header::NATS_BATCH_SEQUENCE,
+                        (sequence + 1).to_string().as_str(),
+                    );
+                    let subject = format!("$KV.{name}.{key}");
+                    if sequence + 1 < batch.len() {
+                        client
+                            .publish_with_headers(subject, headers, value.clone())
+                            .await
+                            .context("cannot send to the broker")?;
+                    } else {
+                        headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
+                        context
+                            .publish_with_headers(subject, headers, value.clone())
+                            .await
+                            .context("cannot send to the broker")?
+                            .await
+                            .context("the broker refused a batch of the new generation")?;
+                    }
+                }
+                anyhow::Ok(batch.len() as u64)
+            }
+        })
+        .buffer_unordered(BATCHES_IN_FLIGHT);
+    while let Some(written) = batches.next().await {
+        progress.inc(written?);
+    }
+    progress.finish();
+    Ok(())
+}
+
+/// Applies the events after `from - TAIL_MARGIN` to `target`; returns the last
+/// position read and how many events changed something.
+async fn tail(
+    log: &dyn EventStore,
+    target: &dyn FeedStore,
+    from: i64,
+) -> anyhow::Result<(i64, u64)> {
+    let mut position = from;
+    let mut applied = 0;
+    let mut events = log.read_after((from - TAIL_MARGIN).max(0));
+    while let Some(event) = events.next().await {
+        let event = event.context("cannot read the event log")?;
+        match project(target, &event.envelope).await {
+            Ok(Outcome::Applied) => applied += 1,
+            // Its predecessor commits later: the next pass applies both.
+            Ok(Outcome::Duplicate | Outcome::Gap { .. }) => {}
+            Err(error) => return Err(error).context("cannot write the new generation"),
+        }
+        position = position.max(event.position);
+    }
+    Ok((position, applied))
+}
+
+/// Rebuilds the feeds into a new generation and switches to it.
+///
+/// # Errors
+/// When the log, the broker or the switch fails; the live generation is then
+/// left as it was.
+pub async fn replay_feeds(
+    log: &dyn EventStore,
+    context: &js::Context,
+    replicas: usize,
+) -> anyhow::Result<ReplayReport> {
+    let started = Instant::now();
+    let topology = bus::ensure_topology(context, replicas).await?;
+    let live = topology.feeds_generation;
+    let pointer = topology
+        .meta
+        .entry(FEEDS_GENERATION_KEY)
+        .await
+        .context("cannot read the live generation")?;
+    let generation = live + 1;
+    let name = feeds_bucket(generation);
+    // A replay that failed earlier may have left this bucket half-written.
+    if context.get_key_value(&name).await.is_ok() {
+        context
+            .delete_key_value(&name)
+            .await
+            .with_context(|| format!("cannot remove the leftover bucket {name}"))?;
+    }
+    let bucket = context
+        .create_key_value(feeds_bucket_config(generation, replicas))
+        .await
+        .with_context(|| format!("cannot create the bucket {name}"))?;
+    let target = KvFeedStore::new(bucket);
+    eprintln!(
+        "replaying the feeds into generation {generation} ({name}); generation {live} stays live meanwhile"
+    );
+
+    let total = log
+        .last_position()
+        .await
+        .ok()
+        .and_then(|p| u64::try_from(p).ok());
+    let (projection, mut position, events) = fold_log(log, total).await?;
+    let documents = documents(&projection);
+    drop(projection);
+    let count = documents.len() as u64;
+    write_documents(context, &name, &documents).await?;
+    drop(documents);
+
+    // Catch up with what was committed meanwhile, then switch.
+    loop {
+        let (last, applied) = tail(log, &target, position).await?;
+        position = last;
+        if applied == 0 {
+            break;
+        }
+    }
+    let value = Bytes::from(generation.to_string());
+    let switched = match pointer {
+        Some(entry) => topology
+            .meta
+            .update(FEEDS_GENERATION_KEY, value, entry.revision)
+            .await
+            .map(|_| ()),
+        None => topology
+            .meta
+            .create(FEEDS_GENERATION_KEY, value)
+            .await
+            .map(|_| ())
+            .map_err(|e| kv::UpdateError::with_source(kv::UpdateErrorKind::Other, e)),
+    };
+    switched
+        .context("another replay switched the live generation meanwhile; nothing was switched")?;
+    let until_switch = started.elapsed();
+    eprintln!("switched: generation {generation} is live");
+    let deadline = Instant::now() + SWITCH_GRACE;
+    while Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        position = tail(log, &target, position).await?.0;
+    }
+    // Keep the previous generation (to compare or go back); drop older ones.
+    for old in 1..live {
+        let _ = context.delete_key_value(feeds_bucket(old)).await;
+    }
+    Ok(ReplayReport {
+        generation,
+        events,
+        documents: count,
+        until_switch,
+        elapsed: started.elapsed(),
+    })
+}
+
+/// A document of the live model that differs from the log's.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Difference {
+    pub key: String,
+    pub what: &'static str,
+}
+
+async fn compare(
+    live: &dyn FeedStore,
+    projection: &FeedProjection,
+    key: &str,
+) -> Result<Option<Difference>, ReadModelError> {
+    let stored = live.get(key).await?;
+    let differs = |what| {
+        Some(Difference {
+            key: key.to_owned(),
+            what,
+        })
+    };
+    if let Some(code) = key.strip_prefix("feed.") {
+        let expected = InseeCode::parse(code)
+            .ok()
+            .and_then(|c| projection.feed(&c).cloned())
+            .unwrap_or_default();
+        let found: FeedDocument = match stored {
+            Some(d) => decode_document(&d.value)?,
+            None => FeedDocument::default(),
+        };
+        return Ok(if found == expected {
+            None
+        } else {
+            differs("feed differs from the log")
+        });
+    }
+    if let Some(id) = key.strip_prefix("pub.") {
+        let expected = panneau_domain::PublicationId::parse(id)
+            .ok()
+            .and_then(|id| projection.record(&id));
+        let found: Option<PublicationState> =
+            stored.map(|d| decode_document(&d.value)).transpose()?;
+        return Ok(match (found, expected) {
+            (None, None) => None,
+            (Some(_), None) => differs("publication unknown to the log"),
+            (None, Some(_)) => differs("publication missing"),
+            (Some(found), Some(expected)) if found == *expected => None,
+            (Some(_), Some(_)) => differs("publication differs from the log"),
+        });
+    }
+    Ok(differs("unexpected key"))
+}
+
+/// Compares the live model with the log. Differences that disappear once the
+/// live projectors catch up (events committed during the check) are not
+/// reported.
+///
+/// # Errors
+/// When the log or the live model cannot be read.
+pub async fn verify_feeds(
+    log: &dyn EventStore,
+    live: &dyn FeedStore,
+) -> anyhow::Result<(u64, Vec<Difference>)> {
+    let total = log
+        .last_position()
+        .await
+        .ok()
+        .and_then(|p| u64::try_from(p).ok());
+    let (mut projection, mut position, _) = fold_log(log, total).await?;
+    let mut keys: BTreeSet<String> = live
+        .keys()
+        .await
+        .context("cannot list the live model")?
+        .into_iter()
+        .collect();
+    keys.extend(projection.records().map(|r| publication_key(&r.id)));
+    keys.extend(projection.feeds().map(|(code, _)| feed_key(code)));
+    let compared = keys.len() as u64;
+    let progress = Progress::new("compare", Some(compared));
+    let mut pending: Vec<String> = keys.into_iter().collect();
+    let mut differences = Vec::new();
+    for round in 0..5 {
+        differences = stream::iter(pending.iter())
+            .map(|key| compare(live, &projection, key))
+            .buffer_unordered(64)
+            .inspect(|_| {
+                if round == 0 {
+                    progress.bar.inc(1);
+                }
+            })
+            .try_filter_map(|d| async move { Ok(d) })
+            .try_collect::<Vec<_>>()
+            .await
+            .context("cannot read the live model")?;
+        if differences.is_empty() {
+            break;
+        }
+        // Perhaps only behind: fold what was committed since, give the
+        // projectors a moment, and look at those keys again.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let mut newer = log.read_after(position);
+        while let Some(event) = newer.next().await {
+            let event = event.context("cannot read the event log")?;
+            projection.apply(&event.envelope).ok();
+            position = event.position;
+        }
+        pending = differences.iter().map(|d| d.key.clone()).collect();
+    }
+    progress.finish();
+    differences.sort_by(|a, b| a.key.cmp(&b.key));
+    Ok((compared, differences))
+}
+
+/// The live feed bucket, for `verify_feeds`.
+///
+/// # Errors
+/// When the broker cannot be read.
+pub async fn live_feeds(context: &js::Context) -> anyhow::Result<(u64, KvFeedStore)> {
+    let meta = context
+        .get_key_value(bus::META_BUCKET)
+        .await
+        .context("no PANNEAU_META bucket: has an instance ever started on this broker?")?;
+    let generation = live_feeds_generation(&meta).await?;
+    let bucket = context
+        .get_key_value(feeds_bucket(generation))
+        .await
+        .with_context(|| format!("cannot open {}", feeds_bucket(generation)))?;
+    Ok((generation, KvFeedStore::new(bucket)))
+}
+
+/// Refuses a replay outside the cluster mode.
+///
+/// # Errors
+/// Always, naming why.
+pub fn embedded_refusal() -> anyhow::Result<()> {
+    bail!(
+        "panneau replay rebuilds the cluster mode's read model (set PANNEAU_DATABASE_URL=mysql://… and PANNEAU_NATS_URL); \
+         the embedded mode rebuilds its feeds from the SQLite log at every start"
+    )
+}
