@@ -32,7 +32,7 @@ use crate::push::{Gateways, RateLimiter};
 use crate::readmodel::cache::FeedCache;
 use crate::readmodel::generations::Generations;
 use crate::readmodel::kv::KvFeedStore;
-use crate::readmodel::{FeedStore, MemoryFeedStore};
+use crate::readmodel::{FeedStore, MemoryFeedStore, Model};
 use crate::secrets::Secrets;
 use crate::store::sql::{Dialect, PoolSettings, SqlStore};
 use crate::store::{EventStore, StateStore};
@@ -76,6 +76,7 @@ impl std::fmt::Debug for Application {
 struct Backend {
     store: SqlStore,
     feeds: Arc<dyn FeedStore>,
+    stats: Arc<dyn FeedStore>,
     nats: Option<async_nats::Client>,
     /// Durable consumers whose lag the metrics report.
     consumers: Vec<(&'static str, async_nats::jetstream::consumer::PullConsumer)>,
@@ -212,29 +213,39 @@ impl Application {
                     .await?
                     .with_commit_hook(Arc::new(bus.clone()));
                 let feeds = Arc::new(MemoryFeedStore::default());
+                let stats = Arc::new(MemoryFeedStore::default());
                 // Subscribe before reading the log so that nothing committed in between is missed.
                 let committed = bus.subscribe();
+                let for_stats = bus.subscribe();
                 let for_notifier = bus.subscribe();
                 let log: Arc<dyn EventStore> = Arc::new(store.clone());
-                let position = projector::catch_up(log.as_ref(), feeds.as_ref(), 0)
-                    .await
-                    .context("cannot rebuild the feeds from the event log")?;
-                tracing::info!(
-                    position,
-                    documents = feeds.len(),
-                    "feeds rebuilt from the event log"
-                );
-                let feed_store: Arc<dyn FeedStore> = feeds.clone();
-                tasks.push((
-                    "feed projector",
-                    tokio::spawn(projector::run_embedded(
-                        log.clone(),
-                        feed_store,
-                        committed,
+                for (model, target, received, task) in [
+                    (Model::Feeds, feeds.clone(), committed, "feed projector"),
+                    (Model::Stats, stats.clone(), for_stats, "stats projector"),
+                ] {
+                    let position = projector::catch_up(model, log.as_ref(), target.as_ref(), 0)
+                        .await
+                        .with_context(|| {
+                            format!("cannot rebuild the {} from the event log", model.name())
+                        })?;
+                    tracing::info!(
                         position,
-                        stop_tasks.clone(),
-                    )),
-                ));
+                        documents = target.len(),
+                        "{} rebuilt from the event log",
+                        model.name()
+                    );
+                    tasks.push((
+                        task,
+                        tokio::spawn(projector::run_embedded(
+                            model,
+                            log.clone(),
+                            target,
+                            received,
+                            position,
+                            stop_tasks.clone(),
+                        )),
+                    ));
+                }
                 tasks.push((
                     "notifier",
                     tokio::spawn(notifier::run_embedded(
@@ -248,6 +259,7 @@ impl Application {
                 Backend {
                     store,
                     feeds,
+                    stats,
                     nats: None,
                     consumers: Vec::new(),
                 }
@@ -264,29 +276,51 @@ impl Application {
                 let client = jetstream::connect(nats_url).await?;
                 let js = async_nats::jetstream::new(client.clone());
                 let topology = jetstream::ensure_topology(&js, config.nats_replicas).await?;
-                let generations = Arc::new(Generations::new(
-                    topology.feeds_generation,
-                    Arc::new(KvFeedStore::new(topology.feeds)),
-                ));
-                tasks.push((
-                    "feed generation follower",
-                    tokio::spawn(jetstream::follow_feeds_generation(
-                        js.clone(),
-                        topology.meta,
-                        generations.clone(),
-                        stop_tasks.clone(),
-                    )),
-                ));
-                let feeds: Arc<dyn FeedStore> = generations;
-                tasks.push((
-                    "feed projector",
-                    tokio::spawn(jetstream::run_feed_projector(
+                let mut models: Vec<Arc<dyn FeedStore>> = Vec::new();
+                for (model, generation, bucket, consumer, names) in [
+                    (
+                        Model::Feeds,
+                        topology.feeds_generation,
+                        topology.feeds,
                         topology.feed_consumer.clone(),
-                        feeds.clone(),
-                        metrics.clone(),
-                        stop_tasks.clone(),
-                    )),
-                ));
+                        ["feed generation follower", "feed projector"],
+                    ),
+                    (
+                        Model::Stats,
+                        topology.stats_generation,
+                        topology.stats,
+                        topology.stats_consumer.clone(),
+                        ["stats generation follower", "stats projector"],
+                    ),
+                ] {
+                    let generations = Arc::new(Generations::new(
+                        generation,
+                        Arc::new(KvFeedStore::new(bucket)),
+                    ));
+                    tasks.push((
+                        names[0],
+                        tokio::spawn(jetstream::follow_generation(
+                            model,
+                            js.clone(),
+                            topology.meta.clone(),
+                            generations.clone(),
+                            stop_tasks.clone(),
+                        )),
+                    ));
+                    let store: Arc<dyn FeedStore> = generations;
+                    tasks.push((
+                        names[1],
+                        tokio::spawn(jetstream::run_projector(
+                            model,
+                            consumer,
+                            store.clone(),
+                            metrics.clone(),
+                            stop_tasks.clone(),
+                        )),
+                    ));
+                    models.push(store);
+                }
+                let (feeds, stats) = (models[0].clone(), models[1].clone());
                 tasks.push((
                     "notifier",
                     tokio::spawn(jetstream::run_notifier(
@@ -307,9 +341,11 @@ impl Application {
                 Backend {
                     store,
                     feeds,
+                    stats,
                     nats: Some(client),
                     consumers: vec![
                         (jetstream::FEED_CONSUMER, topology.feed_consumer),
+                        (jetstream::STATS_CONSUMER, topology.stats_consumer),
                         (jetstream::NOTIFIER_CONSUMER, topology.notifier_consumer),
                     ],
                 }
@@ -319,6 +355,7 @@ impl Application {
         let Backend {
             store,
             feeds,
+            stats,
             nats,
             consumers,
         } = backend;
@@ -389,6 +426,7 @@ impl Application {
             commands,
             log,
             state,
+            stats,
             views,
             devices: Arc::new(store.clone()),
             jobs: Arc::new(store.clone()),

@@ -11,6 +11,7 @@ use secrecy::ExposeSecret;
 
 use crate::app::COMMUNES;
 use crate::config::{Config, Mode, SecretsSource};
+use crate::readmodel::Model;
 use crate::secrets::Secrets;
 use crate::store::sql::{PoolSettings, SqlStore};
 use crate::store::{NewToken, StateStore};
@@ -59,6 +60,25 @@ pub struct ReplayArgs {
 pub enum Projection {
     /// The feeds of every commune and the publications they show.
     Feeds,
+    /// The statistics of every publisher.
+    Stats,
+}
+
+impl Projection {
+    fn model(self) -> Model {
+        match self {
+            Projection::Feeds => Model::Feeds,
+            Projection::Stats => Model::Stats,
+        }
+    }
+
+    /// How the output names a generation of it.
+    fn label(self) -> &'static str {
+        match self {
+            Projection::Feeds => "feed",
+            Projection::Stats => "stats",
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -360,8 +380,8 @@ pub async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     }
     let projections = match (args.projection, args.verify) {
         (Some(projection), _) => vec![projection],
-        (None, true) => vec![Projection::Feeds],
-        (None, false) => bail!("name the read model to rebuild: panneau replay feeds"),
+        (None, true) => vec![Projection::Feeds, Projection::Stats],
+        (None, false) => bail!("name the read model to rebuild: panneau replay feeds|stats"),
     };
     let nats_url = config
         .nats_url
@@ -370,36 +390,42 @@ pub async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
     let (store, _) = open_store(config).await?;
     let client = crate::bus::jetstream::connect(nats_url).await?;
     let context = async_nats::jetstream::new(client);
+    let mut failed = Vec::new();
     for projection in projections {
-        match (projection, args.verify) {
-            (Projection::Feeds, false) => {
-                let report =
-                    crate::replay::replay_feeds(&store, &context, config.nats_replicas).await?;
+        let (model, label) = (projection.model(), projection.label());
+        if args.verify {
+            let (generation, live) = crate::replay::live_model(&context, model).await?;
+            let (compared, differences) = crate::replay::verify(model, &store, &live).await?;
+            for difference in differences.iter().take(50) {
+                println!("{}\t{}", difference.key, difference.what);
+            }
+            if differences.is_empty() {
                 println!(
-                    "replayed {} events into {} documents of feed generation {}: switched after {:.1} s ({:.0} events/s), done after {:.1} s",
-                    report.events,
-                    report.documents,
-                    report.generation,
-                    report.until_switch.as_secs_f64(),
-                    report.events_per_second(),
-                    report.elapsed.as_secs_f64(),
+                    "{label} generation {generation}: {compared} documents match the event log"
                 );
+            } else {
+                failed.push(format!(
+                    "{label} generation {generation}: {} of {compared} documents differ from the event log",
+                    differences.len()
+                ));
             }
-            (Projection::Feeds, true) => {
-                let (generation, live) = crate::replay::live_feeds(&context).await?;
-                let (compared, differences) = crate::replay::verify_feeds(&store, &live).await?;
-                for difference in differences.iter().take(50) {
-                    println!("{}\t{}", difference.key, difference.what);
-                }
-                if !differences.is_empty() {
-                    bail!(
-                        "feed generation {generation}: {} of {compared} documents differ from the event log",
-                        differences.len()
-                    );
-                }
-                println!("feed generation {generation}: {compared} documents match the event log");
-            }
+        } else {
+            let report =
+                crate::replay::replay(model, &store, &context, config.nats_replicas).await?;
+            println!(
+                "replayed {} events into {} documents of {label} generation {}: switched after {:.1} s ({:.0} events/s), done after {:.1} s",
+                report.events,
+                report.documents,
+                report.generation,
+                report.until_switch.as_secs_f64(),
+                report.events_per_second(),
+                report.elapsed.as_secs_f64(),
+            );
         }
+    }
+    if !failed.is_empty() {
+        store.close().await;
+        bail!("{}", failed.join("; "));
     }
     store.close().await;
     Ok(())

@@ -1,4 +1,4 @@
-//! The feed projector: folds events into the feed store.
+//! The projectors: fold events into the feed and statistics stores.
 //!
 //! [`project`] is the idempotent writer shared by both modes. It reads the
 //! publication's record, asks the pure `step` what the event does, writes every
@@ -14,13 +14,18 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
-use panneau_domain::{Envelope, InseeCode, PublicationEvent, PublicationState, Timestamp};
-use panneau_projections::{FeedChange, FeedDocument, Step, step};
+use panneau_domain::{
+    Envelope, InseeCode, PublicationEvent, PublicationState, PublisherId, Timestamp,
+};
+use panneau_projections::stats::creator;
+use panneau_projections::{FeedChange, FeedDocument, PublisherStats, StatsStep, Step, step};
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{decode_document, encode_document};
-use crate::readmodel::{FeedStore, ReadModelError, feed_key, publication_key};
+use crate::readmodel::{
+    FeedStore, Model, ReadModelError, feed_key, owner_key, publication_key, stats_key,
+};
 use crate::store::{EventStore, RecordedEvent, StoreError};
 
 /// What projecting one event did.
@@ -65,6 +70,71 @@ pub async fn project(
                     Err(other) => return Err(other),
                 }
             }
+        }
+    }
+}
+
+/// Applies one event to the statistics read model: records the publication's
+/// publisher at its creation, then folds the event into that publisher's
+/// document with compare-and-set. Idempotent: the document holds each
+/// publication's stream version.
+///
+/// # Errors
+/// `Unavailable` when the store cannot be written (retry later); `Corrupt`.
+pub async fn project_stats(
+    store: &dyn FeedStore,
+    envelope: &Envelope<PublicationEvent>,
+) -> Result<Outcome, ReadModelError> {
+    let id = envelope.payload.publication_id();
+    let owner = owner_key(&id);
+    let publisher = match creator(&envelope.payload) {
+        Some(publisher) => {
+            let value = Bytes::from(encode_document(&publisher));
+            match store.put(&owner, value, None).await {
+                // Already recorded (a redelivery): it never changes.
+                Ok(_) | Err(ReadModelError::Conflict) => publisher,
+                Err(other) => return Err(other),
+            }
+        }
+        None => match store.get(&owner).await? {
+            Some(stored) => decode_document::<PublisherId>(&stored.value)?,
+            None => return Ok(Outcome::Gap { expected: 1 }),
+        },
+    };
+    let key = stats_key(&publisher);
+    loop {
+        let stored = store.get(&key).await?;
+        let mut stats: PublisherStats = match &stored {
+            Some(d) => decode_document(&d.value)?,
+            None => PublisherStats::default(),
+        };
+        match stats.apply(envelope.stream_version, &envelope.payload) {
+            StatsStep::Duplicate => return Ok(Outcome::Duplicate),
+            StatsStep::Gap { expected } => return Ok(Outcome::Gap { expected }),
+            StatsStep::Applied => {}
+        }
+        let value = Bytes::from(encode_document(&stats));
+        match store.put(&key, value, stored.map(|d| d.revision)).await {
+            Ok(_) => return Ok(Outcome::Applied),
+            Err(ReadModelError::Conflict) => {}
+            Err(other) => return Err(other),
+        }
+    }
+}
+
+impl Model {
+    /// Applies one event to this read model (see [`project`], [`project_stats`]).
+    ///
+    /// # Errors
+    /// As the projection it dispatches to.
+    pub async fn project(
+        self,
+        store: &dyn FeedStore,
+        envelope: &Envelope<PublicationEvent>,
+    ) -> Result<Outcome, ReadModelError> {
+        match self {
+            Model::Feeds => project(store, envelope).await,
+            Model::Stats => project_stats(store, envelope).await,
         }
     }
 }
@@ -118,6 +188,7 @@ pub enum ProjectorError {
 /// # Errors
 /// `ProjectorError` when the log or the read model fails.
 pub async fn catch_up(
+    model: Model,
     log: &dyn EventStore,
     feeds: &dyn FeedStore,
     mut position: i64,
@@ -125,17 +196,18 @@ pub async fn catch_up(
     let mut events = log.read_after(position);
     while let Some(event) = events.next().await {
         let event = event?;
-        apply_recorded(feeds, &event).await?;
+        apply_recorded(model, feeds, &event).await?;
         position = event.position;
     }
     Ok(position)
 }
 
 async fn apply_recorded(
+    model: Model,
     feeds: &dyn FeedStore,
     event: &RecordedEvent,
 ) -> Result<(), ProjectorError> {
-    match project(feeds, &event.envelope).await? {
+    match model.project(feeds, &event.envelope).await? {
         Outcome::Applied | Outcome::Duplicate => Ok(()),
         // In position order a stream cannot have a hole unless the log lost rows.
         Outcome::Gap { expected } => Err(ProjectorError::Hole {
@@ -149,6 +221,7 @@ async fn apply_recorded(
 /// The embedded projector: applies committed events as the in-process bus
 /// delivers them, and catches up from the log whenever it missed some.
 pub async fn run_embedded(
+    model: Model,
     log: Arc<dyn EventStore>,
     feeds: Arc<dyn FeedStore>,
     mut bus: broadcast::Receiver<Arc<RecordedEvent>>,
@@ -162,24 +235,28 @@ pub async fn run_embedded(
         };
         let result = match received {
             Ok(event) if event.position <= position => Ok(()),
-            Ok(event) if event.position == position + 1 => apply_recorded(feeds.as_ref(), &event)
-                .await
-                .map(|()| position = event.position),
+            Ok(event) if event.position == position + 1 => {
+                apply_recorded(model, feeds.as_ref(), &event)
+                    .await
+                    .map(|()| position = event.position)
+            }
             // A position was skipped (a rolled-back append) or the bus lagged:
             // the log is the truth, read what was missed from it.
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {
-                catch_up(log.as_ref(), feeds.as_ref(), position)
+                catch_up(model, log.as_ref(), feeds.as_ref(), position)
                     .await
                     .map(|p| position = p)
             }
             Err(broadcast::error::RecvError::Closed) => return,
         };
         if let Err(error) = result {
-            tracing::error!(error = %error, position, "feed projector failed; catching up from the log");
+            tracing::error!(error = %error, position, model = model.name(), "projector failed; catching up from the log");
             tokio::time::sleep(Duration::from_secs(1)).await;
-            match catch_up(log.as_ref(), feeds.as_ref(), position).await {
+            match catch_up(model, log.as_ref(), feeds.as_ref(), position).await {
                 Ok(p) => position = p,
-                Err(error) => tracing::error!(error = %error, "feed projector catch-up failed"),
+                Err(error) => {
+                    tracing::error!(error = %error, model = model.name(), "projector catch-up failed")
+                }
             }
         }
     }

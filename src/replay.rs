@@ -26,16 +26,19 @@ use async_nats::jetstream::{self as js, kv};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use panneau_domain::{InseeCode, PublicationState};
-use panneau_projections::{FeedDocument, FeedProjection};
-
-use crate::bus::jetstream::{
-    self as bus, FEEDS_GENERATION_KEY, feeds_bucket, feeds_bucket_config, live_feeds_generation,
+use panneau_domain::{
+    Envelope, InseeCode, PublicationEvent, PublicationId, PublicationState, PublisherId,
 };
+use panneau_projections::feed::Gap;
+use panneau_projections::{FeedDocument, FeedProjection, PublisherStats, StatsProjection};
+
+use crate::bus::jetstream::{self as bus, bucket, bucket_config, generation_key, live_generation};
 use crate::codec::{decode_document, encode_document};
-use crate::projector::{Outcome, project};
+use crate::projector::Outcome;
 use crate::readmodel::kv::KvFeedStore;
-use crate::readmodel::{FeedStore, ReadModelError, feed_key, publication_key};
+use crate::readmodel::{
+    FeedStore, Model, ReadModelError, feed_key, owner_key, publication_key, stats_key,
+};
 use crate::store::{EventStore, RecordedEvent};
 
 /// Documents written to the new bucket in one atomic batch: the broker
@@ -56,6 +59,7 @@ pub const SWITCH_GRACE: Duration = Duration::from_secs(5);
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayReport {
+    pub model: Model,
     pub generation: u64,
     pub events: u64,
     pub documents: u64,
@@ -129,6 +133,57 @@ impl Progress {
     }
 }
 
+/// A read model folded in memory.
+#[derive(Debug)]
+pub enum Folded {
+    Feeds(FeedProjection),
+    Stats(StatsProjection),
+}
+
+impl Folded {
+    fn new(model: Model) -> Self {
+        match model {
+            Model::Feeds => Folded::Feeds(FeedProjection::default()),
+            Model::Stats => Folded::Stats(StatsProjection::default()),
+        }
+    }
+
+    fn apply(&mut self, envelope: &Envelope<PublicationEvent>) -> Result<(), Gap> {
+        match self {
+            Folded::Feeds(p) => p.apply(envelope),
+            Folded::Stats(p) => p.apply(envelope),
+        }
+    }
+
+    /// The documents of the folded model, as the projectors store them.
+    fn documents(&self) -> Vec<(String, Bytes)> {
+        match self {
+            Folded::Feeds(p) => {
+                let records = p
+                    .records()
+                    .map(|r| (publication_key(&r.id), Bytes::from(encode_document(r))));
+                let feeds = p
+                    .feeds()
+                    .map(|(code, doc)| (feed_key(code), Bytes::from(encode_document(doc))));
+                records.chain(feeds).collect()
+            }
+            Folded::Stats(p) => {
+                let owners = p.owners().map(|(id, publisher)| {
+                    (owner_key(id), Bytes::from(encode_document(publisher)))
+                });
+                let stats = p.publishers().map(|(publisher, doc)| {
+                    (stats_key(publisher), Bytes::from(encode_document(doc)))
+                });
+                owners.chain(stats).collect()
+            }
+        }
+    }
+
+    fn keys(&self) -> Vec<String> {
+        self.documents().into_iter().map(|(key, _)| key).collect()
+    }
+}
+
 /// Events handed at once from the reader to the folding thread.
 const FOLD_CHUNK: usize = 1_024;
 
@@ -141,12 +196,13 @@ const FOLD_CHUNK: usize = 1_024;
 /// # Errors
 /// When the log cannot be read or has a hole.
 pub async fn fold_log(
+    model: Model,
     log: &dyn EventStore,
     total: Option<u64>,
-) -> anyhow::Result<(FeedProjection, i64, u64)> {
+) -> anyhow::Result<(Folded, i64, u64)> {
     let (chunks, mut inbox) = tokio::sync::mpsc::channel::<Vec<RecordedEvent>>(16);
-    let folder = tokio::task::spawn_blocking(move || -> anyhow::Result<FeedProjection> {
-        let mut projection = FeedProjection::default();
+    let folder = tokio::task::spawn_blocking(move || -> anyhow::Result<Folded> {
+        let mut projection = Folded::new(model);
         while let Some(chunk) = inbox.blocking_recv() {
             for event in &chunk {
                 projection.apply(&event.envelope).map_err(|gap| {
@@ -185,17 +241,6 @@ pub async fn fold_log(
     let projection = folded?;
     progress.finish();
     Ok((projection, position, events))
-}
-
-/// The documents of a folded model, as the projector stores them.
-fn documents(projection: &FeedProjection) -> Vec<(String, Bytes)> {
-    let records = projection
-        .records()
-        .map(|r| (publication_key(&r.id), Bytes::from(encode_document(r))));
-    let feeds = projection
-        .feeds()
-        .map(|(code, doc)| (feed_key(code), Bytes::from(encode_document(doc))));
-    records.chain(feeds).collect()
 }
 
 /// Writes the documents of a fold into the (new, unread) bucket `name`, in
@@ -266,6 +311,7 @@ async fn write_documents(
 /// Applies the events after `from - TAIL_MARGIN` to `target`; returns the last
 /// position read and how many events changed something.
 async fn tail(
+    model: Model,
     log: &dyn EventStore,
     target: &dyn FeedStore,
     from: i64,
@@ -275,7 +321,7 @@ async fn tail(
     let mut events = log.read_after((from - TAIL_MARGIN).max(0));
     while let Some(event) = events.next().await {
         let event = event.context("cannot read the event log")?;
-        match project(target, &event.envelope).await {
+        match model.project(target, &event.envelope).await {
             Ok(Outcome::Applied) => applied += 1,
             // Its predecessor commits later: the next pass applies both.
             Ok(Outcome::Duplicate | Outcome::Gap { .. }) => {}
@@ -286,26 +332,31 @@ async fn tail(
     Ok((position, applied))
 }
 
-/// Rebuilds the feeds into a new generation and switches to it.
+/// Rebuilds a read model into a new generation and switches to it.
 ///
 /// # Errors
 /// When the log, the broker or the switch fails; the live generation is then
 /// left as it was.
-pub async fn replay_feeds(
+pub async fn replay(
+    model: Model,
     log: &dyn EventStore,
     context: &js::Context,
     replicas: usize,
 ) -> anyhow::Result<ReplayReport> {
     let started = Instant::now();
     let topology = bus::ensure_topology(context, replicas).await?;
-    let live = topology.feeds_generation;
+    let live = match model {
+        Model::Feeds => topology.feeds_generation,
+        Model::Stats => topology.stats_generation,
+    };
+    let key = generation_key(model);
     let pointer = topology
         .meta
-        .entry(FEEDS_GENERATION_KEY)
+        .entry(key)
         .await
         .context("cannot read the live generation")?;
     let generation = live + 1;
-    let name = feeds_bucket(generation);
+    let name = bucket(model, generation);
     // A replay that failed earlier may have left this bucket half-written.
     if context.get_key_value(&name).await.is_ok() {
         context
@@ -313,13 +364,14 @@ pub async fn replay_feeds(
             .await
             .with_context(|| format!("cannot remove the leftover bucket {name}"))?;
     }
-    let bucket = context
-        .create_key_value(feeds_bucket_config(generation, replicas))
+    let created = context
+        .create_key_value(bucket_config(model, generation, replicas))
         .await
         .with_context(|| format!("cannot create the bucket {name}"))?;
-    let target = KvFeedStore::new(bucket);
+    let target = KvFeedStore::new(created);
     eprintln!(
-        "replaying the feeds into generation {generation} ({name}); generation {live} stays live meanwhile"
+        "replaying the {} into generation {generation} ({name}); generation {live} stays live meanwhile",
+        model.name()
     );
 
     let total = log
@@ -327,8 +379,8 @@ pub async fn replay_feeds(
         .await
         .ok()
         .and_then(|p| u64::try_from(p).ok());
-    let (projection, mut position, events) = fold_log(log, total).await?;
-    let documents = documents(&projection);
+    let (projection, mut position, events) = fold_log(model, log, total).await?;
+    let documents = projection.documents();
     drop(projection);
     let count = documents.len() as u64;
     write_documents(context, &name, &documents).await?;
@@ -336,7 +388,7 @@ pub async fn replay_feeds(
 
     // Catch up with what was committed meanwhile, then switch.
     loop {
-        let (last, applied) = tail(log, &target, position).await?;
+        let (last, applied) = tail(model, log, &target, position).await?;
         position = last;
         if applied == 0 {
             break;
@@ -346,12 +398,12 @@ pub async fn replay_feeds(
     let switched = match pointer {
         Some(entry) => topology
             .meta
-            .update(FEEDS_GENERATION_KEY, value, entry.revision)
+            .update(key, value, entry.revision)
             .await
             .map(|_| ()),
         None => topology
             .meta
-            .create(FEEDS_GENERATION_KEY, value)
+            .create(key, value)
             .await
             .map(|_| ())
             .map_err(|e| kv::UpdateError::with_source(kv::UpdateErrorKind::Other, e)),
@@ -363,13 +415,14 @@ pub async fn replay_feeds(
     let deadline = Instant::now() + SWITCH_GRACE;
     while Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(250)).await;
-        position = tail(log, &target, position).await?.0;
+        position = tail(model, log, &target, position).await?.0;
     }
     // Keep the previous generation (to compare or go back); drop older ones.
     for old in 1..live {
-        let _ = context.delete_key_value(feeds_bucket(old)).await;
+        let _ = context.delete_key_value(bucket(model, old)).await;
     }
     Ok(ReplayReport {
+        model,
         generation,
         events,
         documents: count,
@@ -387,7 +440,7 @@ pub struct Difference {
 
 async fn compare(
     live: &dyn FeedStore,
-    projection: &FeedProjection,
+    folded: &Folded,
     key: &str,
 ) -> Result<Option<Difference>, ReadModelError> {
     let stored = live.get(key).await?;
@@ -396,6 +449,17 @@ async fn compare(
             key: key.to_owned(),
             what,
         })
+    };
+    let projection = match folded {
+        Folded::Feeds(projection) => projection,
+        Folded::Stats(projection) => {
+            return compare_stats(stored, projection, key).map(|d| {
+                d.map(|what| Difference {
+                    key: key.to_owned(),
+                    what,
+                })
+            });
+        }
     };
     if let Some(code) = key.strip_prefix("feed.") {
         let expected = InseeCode::parse(code)
@@ -429,13 +493,45 @@ async fn compare(
     Ok(differs("unexpected key"))
 }
 
+fn compare_stats(
+    stored: Option<crate::readmodel::Versioned>,
+    projection: &StatsProjection,
+    key: &str,
+) -> Result<Option<&'static str>, ReadModelError> {
+    if let Some(id) = key.strip_prefix("owner.") {
+        let expected = PublicationId::parse(id)
+            .ok()
+            .and_then(|id| projection.owner(&id));
+        let found: Option<PublisherId> = stored.map(|d| decode_document(&d.value)).transpose()?;
+        return Ok(match (found, expected) {
+            (None, None) => None,
+            (Some(found), Some(expected)) if found == *expected => None,
+            (None, Some(_)) => Some("publisher of a publication missing"),
+            (Some(_), _) => Some("publisher of a publication differs from the log"),
+        });
+    }
+    if let Some(id) = key.strip_prefix("stats.") {
+        let expected = uuid::Uuid::parse_str(id)
+            .ok()
+            .and_then(|id| projection.publisher(&PublisherId::new(id)).cloned())
+            .unwrap_or_default();
+        let found: PublisherStats = match stored {
+            Some(d) => decode_document(&d.value)?,
+            None => PublisherStats::default(),
+        };
+        return Ok((found != expected).then_some("statistics differ from the log"));
+    }
+    Ok(Some("unexpected key"))
+}
+
 /// Compares the live model with the log. Differences that disappear once the
 /// live projectors catch up (events committed during the check) are not
 /// reported.
 ///
 /// # Errors
 /// When the log or the live model cannot be read.
-pub async fn verify_feeds(
+pub async fn verify(
+    model: Model,
     log: &dyn EventStore,
     live: &dyn FeedStore,
 ) -> anyhow::Result<(u64, Vec<Difference>)> {
@@ -444,15 +540,14 @@ pub async fn verify_feeds(
         .await
         .ok()
         .and_then(|p| u64::try_from(p).ok());
-    let (mut projection, mut position, _) = fold_log(log, total).await?;
+    let (mut projection, mut position, _) = fold_log(model, log, total).await?;
     let mut keys: BTreeSet<String> = live
         .keys()
         .await
         .context("cannot list the live model")?
         .into_iter()
         .collect();
-    keys.extend(projection.records().map(|r| publication_key(&r.id)));
-    keys.extend(projection.feeds().map(|(code, _)| feed_key(code)));
+    keys.extend(projection.keys());
     let compared = keys.len() as u64;
     let progress = Progress::new("compare", Some(compared));
     let mut pending: Vec<String> = keys.into_iter().collect();
@@ -489,21 +584,22 @@ pub async fn verify_feeds(
     Ok((compared, differences))
 }
 
-/// The live feed bucket, for `verify_feeds`.
+/// The live bucket of a read model, for `verify`.
 ///
 /// # Errors
 /// When the broker cannot be read.
-pub async fn live_feeds(context: &js::Context) -> anyhow::Result<(u64, KvFeedStore)> {
+pub async fn live_model(context: &js::Context, model: Model) -> anyhow::Result<(u64, KvFeedStore)> {
     let meta = context
         .get_key_value(bus::META_BUCKET)
         .await
         .context("no PANNEAU_META bucket: has an instance ever started on this broker?")?;
-    let generation = live_feeds_generation(&meta).await?;
-    let bucket = context
-        .get_key_value(feeds_bucket(generation))
+    let generation = live_generation(&meta, model).await?;
+    let name = bucket(model, generation);
+    let live = context
+        .get_key_value(&name)
         .await
-        .with_context(|| format!("cannot open {}", feeds_bucket(generation)))?;
-    Ok((generation, KvFeedStore::new(bucket)))
+        .with_context(|| format!("cannot open {name}"))?;
+    Ok((generation, KvFeedStore::new(live)))
 }
 
 /// Refuses a replay outside the cluster mode.
@@ -513,6 +609,6 @@ pub async fn live_feeds(context: &js::Context) -> anyhow::Result<(u64, KvFeedSto
 pub fn embedded_refusal() -> anyhow::Result<()> {
     bail!(
         "panneau replay rebuilds the cluster mode's read model (set PANNEAU_DATABASE_URL=mysql://… and PANNEAU_NATS_URL); \
-         the embedded mode rebuilds its feeds from the SQLite log at every start"
+         the embedded mode rebuilds its read models from the SQLite log at every start"
     )
 }

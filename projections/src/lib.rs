@@ -8,9 +8,11 @@
 pub mod communes;
 pub mod feed;
 pub mod render;
+pub mod stats;
 
 pub use communes::{CommuneView, Communes};
 pub use feed::{
     FeedChange, FeedDocument, FeedEntry, FeedProjection, PublicationView, SortKey, Step, step,
 };
 pub use render::{PAGE_SIZE, RenderedPage, render_page};
+pub use stats::{PublisherStats, StatsProjection, StatsStep, StatsSummary};

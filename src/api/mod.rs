@@ -53,6 +53,8 @@ pub struct AppState {
     pub commands: CommandHandler,
     pub log: Arc<dyn EventStore>,
     pub state: Arc<dyn StateStore>,
+    /// The publisher statistics read model.
+    pub stats: Arc<dyn crate::readmodel::FeedStore>,
     pub views: Arc<views::ViewCounter>,
     pub devices: Arc<dyn DeviceStore>,
     pub jobs: Arc<dyn NotificationStore>,

@@ -32,6 +32,7 @@ use super::AppState;
         super::publisher::retract,
         super::publisher::history,
         super::publisher::own_publications,
+        super::publisher::own_stats,
         super::devices::register,
         super::devices::set_communes,
         super::devices::set_token,

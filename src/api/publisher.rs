@@ -28,6 +28,7 @@ pub fn routes() -> Router<AppState> {
         .route("/v1/publications", post(publish))
         .route("/v1/publications/{id}/history", get(history))
         .route("/v1/publisher/publications", get(own_publications))
+        .route("/v1/publisher/stats", get(own_stats))
 }
 
 /// An authenticated publisher token.
@@ -797,4 +798,59 @@ pub async fn own_publications(
         }
     }
     Ok(json(&OwnPublications { publications }))
+}
+
+/// The publisher's statistics, folded from the event log by the stats projector.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct OwnStats {
+    /// Publications ever made (scheduled, live or retracted).
+    publications: u64,
+    scheduled: u64,
+    live: u64,
+    retracted: u64,
+    urgent: u64,
+    amendments: u64,
+    /// Sum over publications of the communes each is addressed to.
+    commune_notices: u64,
+    /// Publications per category; categories never used are left out.
+    #[schema(value_type = std::collections::BTreeMap<String, u64>)]
+    by_category: std::collections::BTreeMap<Category, u64>,
+}
+
+/// The publisher's statistics: its publications by status and category,
+/// amendments and reach. Served from the statistics read model (the database
+/// is only asked to check the token).
+#[utoipa::path(
+    get, path = "/v1/publisher/stats", tag = "publisher",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The publisher's statistics", body = OwnStats),
+        (status = 401, description = "No valid token", body = ProblemBody, content_type = "application/problem+json"),
+        (status = 503, description = "Statistics unavailable", body = ProblemBody, content_type = "application/problem+json"),
+    )
+)]
+pub async fn own_stats(
+    State(app): State<AppState>,
+    auth: Authenticated,
+) -> Result<Response, ApiError> {
+    let stored = app
+        .stats
+        .get(&crate::readmodel::stats_key(&auth.token.publisher))
+        .await?;
+    let stats: panneau_projections::PublisherStats = match stored {
+        Some(document) => crate::codec::decode_document(&document.value)
+            .map_err(|e| ApiError::from(crate::readmodel::ReadModelError::from(e)))?,
+        None => panneau_projections::PublisherStats::default(),
+    };
+    let summary = stats.summary();
+    Ok(json(&OwnStats {
+        publications: summary.publications,
+        scheduled: summary.scheduled,
+        live: summary.live,
+        retracted: summary.retracted,
+        urgent: summary.urgent,
+        amendments: summary.amendments,
+        commune_notices: summary.commune_notices,
+        by_category: summary.by_category,
+    }))
 }

@@ -5,7 +5,7 @@
 //! - [`ensure_topology`] creates or updates, idempotently, the stream
 //!   `PANNEAU_EVENTS`, the KV bucket `PANNEAU_FEEDS` and the durable consumers.
 //! - [`Relay`] publishes committed outbox rows with `Nats-Msg-Id = event_id`.
-//! - [`run_feed_projector`] applies the stream to the feed read model.
+//! - [`run_projector`] applies the stream to a read model (feeds, statistics).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,10 +24,10 @@ use panneau_domain::{Envelope, PublicationEvent};
 
 use crate::codec::decode_event;
 use crate::metrics::{ConsumerLabels, Metrics};
-use crate::projector::{Outcome, project};
-use crate::readmodel::FeedStore;
+use crate::projector::Outcome;
 use crate::readmodel::generations::Generations;
 use crate::readmodel::kv::KvFeedStore;
+use crate::readmodel::{FeedStore, Model};
 use crate::store::sql::{CommitHook, OutboxRow, SqlStore};
 use crate::store::{EventStore, NotificationStore, RecordedEvent};
 
@@ -40,7 +40,12 @@ pub const FEEDS_BUCKET: &str = "PANNEAU_FEEDS";
 pub const META_BUCKET: &str = "PANNEAU_META";
 /// The key of `META_BUCKET` naming the live generation of the feeds.
 pub const FEEDS_GENERATION_KEY: &str = "feeds.generation";
+/// The statistics read model's first generation (`panneau replay stats`
+/// builds `PANNEAU_STATS_G2`, …).
+pub const STATS_BUCKET: &str = "PANNEAU_STATS";
+pub const STATS_GENERATION_KEY: &str = "stats.generation";
 pub const FEED_CONSUMER: &str = "feed-projector";
+pub const STATS_CONSUMER: &str = "stats-projector";
 pub const NOTIFIER_CONSUMER: &str = "notifier";
 /// The oldest server Panneau accepts.
 pub const MINIMUM_SERVER: (u64, u64, u64) = (2, 12, 6);
@@ -127,21 +132,51 @@ fn topology_error<E: std::error::Error + Send + Sync + 'static>(
     }
 }
 
-/// The bucket of a generation of the feed read model.
-pub fn feeds_bucket(generation: u64) -> String {
-    if generation <= 1 {
-        FEEDS_BUCKET.to_owned()
-    } else {
-        format!("{FEEDS_BUCKET}_G{generation}")
+/// The key of `META_BUCKET` naming the live generation of a read model.
+pub fn generation_key(model: Model) -> &'static str {
+    match model {
+        Model::Feeds => FEEDS_GENERATION_KEY,
+        Model::Stats => STATS_GENERATION_KEY,
     }
 }
 
-/// The settings of a feed bucket.
-pub fn feeds_bucket_config(generation: u64, replicas: usize) -> kv::Config {
+/// The durable consumer that projects the stream into a read model.
+pub fn consumer_name(model: Model) -> &'static str {
+    match model {
+        Model::Feeds => FEED_CONSUMER,
+        Model::Stats => STATS_CONSUMER,
+    }
+}
+
+/// The bucket of a generation of a read model.
+pub fn bucket(model: Model, generation: u64) -> String {
+    let first = match model {
+        Model::Feeds => FEEDS_BUCKET,
+        Model::Stats => STATS_BUCKET,
+    };
+    if generation <= 1 {
+        first.to_owned()
+    } else {
+        format!("{first}_G{generation}")
+    }
+}
+
+/// The bucket of a generation of the feed read model.
+pub fn feeds_bucket(generation: u64) -> String {
+    bucket(Model::Feeds, generation)
+}
+
+/// The settings of a read model's bucket.
+pub fn bucket_config(model: Model, generation: u64, replicas: usize) -> kv::Config {
+    let holds = match model {
+        Model::Feeds => "one document per commune and per publication",
+        Model::Stats => "one document per publisher, and the publisher of each publication",
+    };
     kv::Config {
-        bucket: feeds_bucket(generation),
+        bucket: bucket(model, generation),
         description: format!(
-            "Panneau's feed read model, generation {generation}: one document per commune and per publication"
+            "Panneau's {} read model, generation {generation}: {holds}",
+            model.name()
         ),
         history: 1,
         storage: StorageType::File,
@@ -151,16 +186,16 @@ pub fn feeds_bucket_config(generation: u64, replicas: usize) -> kv::Config {
     }
 }
 
-/// The live generation of the feeds as `META_BUCKET` records it (1 when it
-/// records none).
+/// The live generation of a read model as `META_BUCKET` records it (1 when
+/// it records none).
 ///
 /// # Errors
 /// When the bucket cannot be read.
-pub async fn live_feeds_generation(meta: &kv::Store) -> Result<u64, BusError> {
+pub async fn live_generation(meta: &kv::Store, model: Model) -> Result<u64, BusError> {
     let entry = meta
-        .get(FEEDS_GENERATION_KEY)
+        .get(generation_key(model))
         .await
-        .map_err(topology_error("key feeds.generation"))?;
+        .map_err(topology_error("the live generation in PANNEAU_META"))?;
     Ok(entry
         .and_then(|v| std::str::from_utf8(&v).ok()?.trim().parse().ok())
         .unwrap_or(1))
@@ -172,8 +207,12 @@ pub struct Topology {
     /// The live generation of the feeds, and its bucket.
     pub feeds_generation: u64,
     pub feeds: kv::Store,
+    /// The live generation of the statistics, and its bucket.
+    pub stats_generation: u64,
+    pub stats: kv::Store,
     pub meta: kv::Store,
     pub feed_consumer: PullConsumer,
+    pub stats_consumer: PullConsumer,
     pub notifier_consumer: PullConsumer,
 }
 
@@ -223,11 +262,16 @@ pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, 
         })
         .await
         .map_err(topology_error("bucket PANNEAU_META"))?;
-    let feeds_generation = live_feeds_generation(&meta).await?;
+    let feeds_generation = live_generation(&meta, Model::Feeds).await?;
     let feeds = js
-        .create_or_update_key_value(feeds_bucket_config(feeds_generation, replicas))
+        .create_or_update_key_value(bucket_config(Model::Feeds, feeds_generation, replicas))
         .await
         .map_err(topology_error("the live feed bucket"))?;
+    let stats_generation = live_generation(&meta, Model::Stats).await?;
+    let stats = js
+        .create_or_update_key_value(bucket_config(Model::Stats, stats_generation, replicas))
+        .await
+        .map_err(topology_error("the live statistics bucket"))?;
     let stream = js
         .get_stream(STREAM)
         .await
@@ -239,6 +283,13 @@ pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, 
         ))
         .await
         .map_err(topology_error("consumer feed-projector"))?;
+    let stats_consumer: PullConsumer = stream
+        .create_consumer(durable(
+            STATS_CONSUMER,
+            "Statistics projector, shared by every instance",
+        ))
+        .await
+        .map_err(topology_error("consumer stats-projector"))?;
     let notifier_consumer: PullConsumer = stream
         .create_consumer(durable(
             NOTIFIER_CONSUMER,
@@ -249,8 +300,11 @@ pub async fn ensure_topology(js: &Context, replicas: usize) -> Result<Topology, 
     Ok(Topology {
         feeds_generation,
         feeds,
+        stats_generation,
+        stats,
         meta,
         feed_consumer,
+        stats_consumer,
         notifier_consumer,
     })
 }
@@ -485,7 +539,8 @@ pub async fn consume<F, Fut>(
 /// Applies the event stream to the feed read model through the shared durable
 /// consumer. A redelivered event is acknowledged without effect; an event whose
 /// predecessor has not been applied yet is handed back for later.
-pub async fn run_feed_projector(
+pub async fn run_projector(
+    model: Model,
     consumer: PullConsumer,
     feeds: Arc<dyn FeedStore>,
     metrics: Arc<Metrics>,
@@ -493,7 +548,7 @@ pub async fn run_feed_projector(
 ) {
     let feeds = feeds.as_ref();
     let handle = |envelope: Envelope<PublicationEvent>| async move {
-        match project(feeds, &envelope).await {
+        match model.project(feeds, &envelope).await {
             Ok(Outcome::Applied | Outcome::Duplicate) => Disposition::Done,
             Ok(Outcome::Gap { expected }) => {
                 tracing::debug!(stream = %envelope.stream_id, expected, "waiting for an earlier event");
@@ -507,7 +562,7 @@ pub async fn run_feed_projector(
     };
     consume(
         consumer,
-        FEED_CONSUMER,
+        consumer_name(model),
         PROJECTOR_CONCURRENCY,
         &metrics,
         shutdown,
@@ -541,17 +596,18 @@ pub async fn run_notifier(
     consume(consumer, NOTIFIER_CONSUMER, 8, &metrics, shutdown, handle).await;
 }
 
-/// Follows the live generation of the feeds: when `panneau replay feeds`
+/// Follows the live generation of a read model: when `panneau replay`
 /// switches it, this instance's readers and projector move to the new bucket
 /// at once (see `Generations`).
-pub async fn follow_feeds_generation(
+pub async fn follow_generation(
+    model: Model,
     js: Context,
     meta: kv::Store,
     generations: Arc<Generations>,
     shutdown: CancellationToken,
 ) {
     loop {
-        let mut watch = match meta.watch(FEEDS_GENERATION_KEY).await {
+        let mut watch = match meta.watch(generation_key(model)).await {
             Ok(watch) => watch,
             Err(error) => {
                 tracing::debug!(error = %error, "cannot watch the live generation; retrying");
@@ -562,8 +618,8 @@ pub async fn follow_feeds_generation(
             }
         };
         // A switch made while this instance was not watching.
-        if let Ok(generation) = live_feeds_generation(&meta).await {
-            switch_feeds(&js, &generations, generation).await;
+        if let Ok(generation) = live_generation(&meta, model).await {
+            switch(model, &js, &generations, generation).await;
         }
         loop {
             let entry = tokio::select! {
@@ -576,7 +632,7 @@ pub async fn follow_feeds_generation(
                         .ok()
                         .and_then(|v| v.trim().parse().ok());
                     if let Some(generation) = generation {
-                        switch_feeds(&js, &generations, generation).await;
+                        switch(model, &js, &generations, generation).await;
                     }
                 }
                 Some(Err(error)) => {
@@ -589,20 +645,24 @@ pub async fn follow_feeds_generation(
     }
 }
 
-async fn switch_feeds(js: &Context, generations: &Generations, generation: u64) {
+async fn switch(model: Model, js: &Context, generations: &Generations, generation: u64) {
     if generation <= generations.generation() {
         return;
     }
     loop {
-        match js.get_key_value(feeds_bucket(generation)).await {
+        match js.get_key_value(bucket(model, generation)).await {
             Ok(bucket) => {
                 if generations.switch(generation, Arc::new(KvFeedStore::new(bucket))) {
-                    tracing::info!(generation, "now serving feed generation {generation}");
+                    tracing::info!(
+                        generation,
+                        model = model.name(),
+                        "now serving generation {generation}"
+                    );
                 }
                 return;
             }
             Err(error) => {
-                tracing::warn!(generation, error = %error, "cannot open the new feed generation; retrying");
+                tracing::warn!(generation, model = model.name(), error = %error, "cannot open the new generation; retrying");
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
         }

@@ -12,7 +12,7 @@ use std::sync::{Arc, RwLock};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
-use panneau_domain::{InseeCode, PublicationId};
+use panneau_domain::{InseeCode, PublicationId, PublisherId};
 use tokio::sync::broadcast;
 
 use crate::codec::CodecError;
@@ -100,6 +100,38 @@ pub fn feed_key(commune: &InseeCode) -> String {
 /// The key of a publication's record.
 pub fn publication_key(id: &PublicationId) -> String {
     format!("pub.{id}")
+}
+
+/// The key of a publisher's statistics document (stats model).
+pub fn stats_key(publisher: &PublisherId) -> String {
+    format!("stats.{publisher}")
+}
+
+/// The key naming the publisher of a publication (stats model): events after
+/// the creation do not carry it.
+pub fn owner_key(id: &PublicationId) -> String {
+    format!("owner.{id}")
+}
+
+/// The read models folded from the log, each in its own store and replayed on
+/// its own (`panneau replay feeds|stats`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Model {
+    /// The per-commune feeds the apps read (and the publication records).
+    Feeds,
+    /// The per-publisher statistics of the publisher API.
+    Stats,
+}
+
+impl Model {
+    pub const ALL: [Model; 2] = [Model::Feeds, Model::Stats];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Model::Feeds => "feeds",
+            Model::Stats => "stats",
+        }
+    }
 }
 
 /// The feed store of the embedded mode: documents in memory, rebuilt from the

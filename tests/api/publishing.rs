@@ -514,3 +514,76 @@ async fn concurrent_amendments_of_one_version_let_exactly_one_through() {
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 412]);
 }
+
+#[tokio::test]
+async fn a_publisher_sees_its_own_statistics_folded_from_its_events() {
+    let app = spawn_app().await;
+    let town = app.town_hall().await;
+    let school = app
+        .publisher(
+            "École Jules Ferry",
+            communes(&["35238"]),
+            panneau_domain::Role::Editor,
+        )
+        .await;
+    let stats = |token: String| {
+        let app = &app;
+        async move {
+            let response = app
+                .client
+                .get(app.url("/v1/publisher/stats"))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(response.status(), 200);
+            assert_eq!(response.headers()["cache-control"], "private, no-cache");
+            response.json::<serde_json::Value>().await.unwrap()
+        }
+    };
+    let empty = stats(town.clone()).await;
+    assert_eq!(empty["publications"], 0);
+    assert_eq!(empty["by_category"], json!({}));
+
+    let mut urgent = notice(&["35238", "35051"]);
+    urgent["priority"] = json!("urgent");
+    urgent["category"] = json!("alert");
+    app.publish_ok(&town, &urgent).await;
+    let amended = app.publish_ok(&town, &notice(&["35238"])).await;
+    let response = app
+        .amend(
+            &town,
+            &amended,
+            Some("\"1\""),
+            &json!({"category": "event"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let later = {
+        let mut body = notice(&["35051"]);
+        body["publish_at"] = json!("2099-01-01T08:00:00Z");
+        body
+    };
+    let scheduled = app.publish_ok(&town, &later).await;
+    assert_eq!(app.retract(&town, &scheduled).await.status(), 204);
+    app.publish_ok(&school, &notice(&["35238"])).await;
+
+    assert!(
+        app.eventually(Duration::from_secs(5), || async {
+            stats(town.clone()).await["publications"] == 3
+        })
+        .await
+    );
+    let figures = stats(town.clone()).await;
+    assert_eq!(
+        figures,
+        json!({
+            "publications": 3, "scheduled": 0, "live": 2, "retracted": 1, "urgent": 1,
+            "amendments": 1, "commune_notices": 4,
+            "by_category": {"alert": 1, "event": 1, "roadworks": 1}
+        })
+    );
+    assert_eq!(stats(school).await["publications"], 1);
+    let anonymous = app.get("/v1/publisher/stats").await;
+    assert_problem(anonymous, 401).await;
+}

@@ -243,11 +243,158 @@ async fn replay_needs_the_cluster_mode_and_a_projection() {
     let embedded = run(&["feeds"]);
     assert!(!embedded.status.success());
     assert!(
-        String::from_utf8_lossy(&embedded.stderr).contains("embedded mode rebuilds its feeds"),
+        String::from_utf8_lossy(&embedded.stderr)
+            .contains("embedded mode rebuilds its read models"),
         "{}",
         String::from_utf8_lossy(&embedded.stderr)
     );
     let unknown = run(&["gossip"]);
     assert!(!unknown.status.success());
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("feeds"));
+}
+
+async fn stats(app: &TestApp, token: &str) -> serde_json::Value {
+    let response = app
+        .client
+        .get(app.url("/v1/publisher/stats"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    response.json().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_rebuilds_broken_statistics_and_leaves_the_feeds_alone() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let town = a
+        .publisher(
+            "Mairie",
+            communes(&["35238", "35051"]),
+            panneau_domain::Role::Editor,
+        )
+        .await;
+    let other = a
+        .publisher("École", communes(&["29019"]), panneau_domain::Role::Editor)
+        .await;
+
+    // Three publications (one urgent alert), one amended into a school notice,
+    // one retracted; another publisher's one is not counted for the town hall.
+    let mut urgent = notice(&["35238", "35051"]);
+    urgent["priority"] = json!("urgent");
+    urgent["category"] = json!("alert");
+    a.publish_ok(&town, &urgent).await;
+    let amended = a.publish_ok(&town, &notice(&["35238"])).await;
+    assert_eq!(
+        a.amend(
+            &town,
+            &amended,
+            Some("\"1\""),
+            &json!({"category": "school"})
+        )
+        .await
+        .status(),
+        200
+    );
+    let retracted = a.publish_ok(&town, &notice(&["35051"])).await;
+    assert_eq!(a.retract(&town, &retracted).await.status(), 204);
+    a.publish_ok(&other, &notice(&["29019"])).await;
+
+    let expected = |publications: u64, live: u64, notices: u64| {
+        move |s: &serde_json::Value| {
+            s["publications"] == publications
+                && s["live"] == live
+                && s["retracted"] == 1
+                && s["urgent"] == 1
+                && s["amendments"] == 1
+                && s["commune_notices"] == notices
+                && s["by_category"]["school"] == 1
+                && s["by_category"]["alert"] == 1
+        }
+    };
+    assert!(
+        b.eventually(WAIT, || async {
+            expected(3, 2, 4)(&stats(&b, &town).await)
+        })
+        .await,
+        "instance B serves the statistics: {}",
+        stats(&b, &town).await
+    );
+    assert_eq!(stats(&a, &other).await["publications"], 1);
+    let unauthenticated = a.get("/v1/publisher/stats").await;
+    assert_eq!(unauthenticated.status(), 401);
+
+    // The statistics break: every publisher's document vanishes.
+    let client = panneau::bus::jetstream::connect(&nats.url()).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let live = context
+        .get_key_value(panneau::bus::jetstream::STATS_BUCKET)
+        .await
+        .unwrap();
+    let mut keys = live.keys().await.unwrap();
+    while let Some(key) = futures_util::StreamExt::next(&mut keys).await {
+        let key = key.unwrap();
+        if key.starts_with("stats.") {
+            live.delete(&key).await.unwrap();
+        }
+    }
+    assert!(
+        a.eventually(WAIT, || async {
+            stats(&a, &town).await["publications"] == 0
+        })
+        .await,
+        "the broken model is what the publisher API serves"
+    );
+    let (ok, output) = replay(&database.url(), &nats.url(), &["stats", "--verify"]).await;
+    assert!(!ok, "verify reports the broken documents: {output}");
+    assert!(
+        output.contains("stats.") && output.contains("2 of"),
+        "{output}"
+    );
+    let (ok, output) = replay(&database.url(), &nats.url(), &["feeds", "--verify"]).await;
+    assert!(ok, "the feeds were not broken: {output}");
+
+    let (ok, output) = replay(&database.url(), &nats.url(), &["stats"]).await;
+    assert!(ok, "replay: {output}");
+    assert!(output.contains("stats generation 2"), "{output}");
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(WAIT, || async {
+                expected(3, 2, 4)(&stats(app, &town).await)
+            })
+            .await,
+            "both instances serve the rebuilt statistics: {}",
+            stats(app, &town).await
+        );
+    }
+    let meta = context.get_key_value("PANNEAU_META").await.unwrap();
+    assert_eq!(
+        &meta.get("stats.generation").await.unwrap().unwrap()[..],
+        b"2"
+    );
+    assert!(
+        meta.get("feeds.generation").await.unwrap().is_none(),
+        "the feeds were not replayed"
+    );
+
+    // The live projector writes into the new generation.
+    a.publish_ok(&town, &notice(&["35238"])).await;
+    assert!(
+        b.eventually(WAIT, || async {
+            expected(4, 3, 5)(&stats(&b, &town).await)
+        })
+        .await,
+        "{}",
+        stats(&b, &town).await
+    );
+    let (ok, output) = replay(&database.url(), &nats.url(), &["--verify"]).await;
+    assert!(ok, "{output}");
+    assert!(
+        output.contains("feed generation 1") && output.contains("stats generation 2"),
+        "{output}"
+    );
 }

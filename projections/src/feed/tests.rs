@@ -463,3 +463,80 @@ proptest! {
         }
     }
 }
+
+// The publisher statistics are folded from the same histories: they too depend
+// only on the set of events, and agree with the full publication records.
+
+fn fold_stats(events: &[Envelope<PublicationEvent>]) -> crate::stats::StatsProjection {
+    let mut projection = crate::stats::StatsProjection::default();
+    for e in events {
+        projection.apply(e).unwrap();
+    }
+    projection
+}
+
+proptest! {
+    #[test]
+    fn the_statistics_depend_only_on_the_set_of_events_and_match_the_records(
+        (streams, picks, duplicates) in histories(),
+        (picks2, duplicates2) in (proptest::collection::vec(0usize..5, 0..40), proptest::collection::vec((0usize..40, 0usize..40), 0..6)),
+    ) {
+        let total: usize = streams.iter().map(Vec::len).sum();
+        let mut picks2 = picks2;
+        picks2.resize(total, 0);
+        let one = interleave(&streams, &picks, &duplicates);
+        let other = interleave(&streams, &picks2, &duplicates2);
+        let (a, b) = (fold_stats(&one), fold_stats(&other));
+        prop_assert_eq!(&a, &b);
+
+        // The oracle: the same figures computed from the full records.
+        let records = fold(&one);
+        let publisher = PublisherId::new(Uuid::from_u128(1));
+        let summary = a.publisher(&publisher).unwrap().summary();
+        let all: Vec<_> = records.records().collect();
+        prop_assert_eq!(summary.publications, all.len() as u64);
+        prop_assert_eq!(
+            summary.retracted,
+            all.iter().filter(|r| matches!(r.status, Status::Retracted { .. })).count() as u64
+        );
+        prop_assert_eq!(
+            summary.urgent,
+            all.iter().filter(|r| r.content.priority == Priority::Urgent).count() as u64
+        );
+        prop_assert_eq!(
+            summary.commune_notices,
+            all.iter().map(|r| r.content.communes.len() as u64).sum::<u64>()
+        );
+        let events_per_stream: u64 = all.iter().map(|r| r.version).sum();
+        let retractions = summary.retracted;
+        // Every event after the creation is an amendment or the retraction.
+        prop_assert_eq!(summary.amendments, events_per_stream - summary.publications - retractions);
+    }
+}
+
+#[test]
+fn statistics_wait_for_the_creation_that_names_the_publisher() {
+    let mut stats = crate::stats::StatsProjection::default();
+    let retraction = retract(7, 2, 20);
+    assert_eq!(stats.apply(&retraction), Err(Gap { expected: 1 }));
+    stats
+        .apply(&publish(7, 10, &["35238", "35047"], Priority::Urgent))
+        .unwrap();
+    stats.apply(&retraction).unwrap();
+    stats.apply(&retraction).unwrap();
+    let summary = stats
+        .publisher(&PublisherId::new(Uuid::from_u128(1)))
+        .unwrap()
+        .summary();
+    assert_eq!(
+        (
+            summary.publications,
+            summary.retracted,
+            summary.live,
+            summary.urgent,
+            summary.commune_notices
+        ),
+        (1, 1, 0, 1, 2)
+    );
+    assert_eq!(summary.by_category.get(&Category::Event), Some(&1));
+}
