@@ -275,7 +275,20 @@ impl Application {
                     .context("PANNEAU_NATS_URL is required in cluster mode")?;
                 let client = jetstream::connect(nats_url).await?;
                 let js = async_nats::jetstream::new(client.clone());
-                let topology = jetstream::ensure_topology(&js, config.nats_replicas).await?;
+                // A broker cluster that is still electing its leaders times
+                // requests out for a while: keep trying for a minute.
+                let mut attempts = 0;
+                let topology = loop {
+                    match jetstream::ensure_topology(&js, config.nats_replicas).await {
+                        Ok(topology) => break topology,
+                        Err(error) if attempts < 12 => {
+                            attempts += 1;
+                            tracing::warn!(error = %error, attempts, "cannot set up JetStream yet; retrying");
+                            tokio::time::sleep(Duration::from_secs(5)).await;
+                        }
+                        Err(error) => return Err(error.into()),
+                    }
+                };
                 let mut models: Vec<Arc<dyn FeedStore>> = Vec::new();
                 for (model, generation, bucket, consumer, names) in [
                     (

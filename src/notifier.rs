@@ -72,6 +72,9 @@ impl Default for NotifierSettings {
 
 /// The longest excerpt of a body put in a notification.
 const EXCERPT_CHARS: usize = 200;
+/// How long a claim of devices whose outcome is unknown is retried before the
+/// job is left to its lease (and those devices to the at-most-once rule).
+const CLAIM_RETRY_FOR: Duration = Duration::from_secs(60);
 
 fn excerpt(body: &str) -> String {
     if body.chars().count() <= EXCERPT_CHARS {
@@ -341,6 +344,9 @@ impl FanOut {
         let mut timing = [Duration::ZERO; 4];
         while index < communes.len() {
             if shutdown.is_cancelled() {
+                // Shutting down between two slices: hand the job over now
+                // rather than when the lease runs out.
+                self.store.release_job(publication, self.owner).await?;
                 return Ok(Ended::LeaseLost);
             }
             let clock = std::time::Instant::now();
@@ -376,12 +382,8 @@ impl FanOut {
             // a crash loses at most the slice in flight (nobody gets it twice).
             for slice in targets.chunks(self.settings.concurrency.max(1)) {
                 let ids: Vec<Uuid> = slice.iter().map(|t| t.device).collect();
-                let lease = in_future(self.settings.lease);
                 let clock = std::time::Instant::now();
-                let claimed = self
-                    .store
-                    .claim_deliveries(publication, self.owner, &ids, lease)
-                    .await?;
+                let claimed = self.claim(publication, &ids).await?;
                 let Ok(fresh) = claimed else {
                     return Ok(Ended::LeaseLost);
                 };
@@ -427,6 +429,35 @@ impl FanOut {
             "notification job done"
         );
         Ok(Ended::Finished)
+    }
+
+    /// Claims a slice of devices. A claim whose outcome is unknown (the
+    /// database went away before answering) is retried with the same claim id
+    /// for a while, so its devices are still sent to: giving up at once would
+    /// leave them claimed and never notified.
+    async fn claim(
+        &self,
+        publication: panneau_domain::PublicationId,
+        ids: &[Uuid],
+    ) -> Result<Result<Vec<Uuid>, crate::store::LeaseLost>, StoreError> {
+        let claim = Uuid::now_v7();
+        let mut delay = Duration::from_millis(200);
+        let deadline = std::time::Instant::now() + CLAIM_RETRY_FOR;
+        loop {
+            let lease = in_future(self.settings.lease);
+            match self
+                .store
+                .claim_deliveries(publication, self.owner, claim, ids, lease)
+                .await
+            {
+                Err(error) if error.is_unavailable() && std::time::Instant::now() < deadline => {
+                    tracing::warn!(error = %error, %publication, "claim outcome unknown; retrying it");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                other => return other,
+            }
+        }
     }
 
     async fn send_batch(&self, targets: &[&Target], message: &PushMessage) -> Progress {

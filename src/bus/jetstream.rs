@@ -47,6 +47,8 @@ pub const STATS_GENERATION_KEY: &str = "stats.generation";
 pub const FEED_CONSUMER: &str = "feed-projector";
 pub const STATS_CONSUMER: &str = "stats-projector";
 pub const NOTIFIER_CONSUMER: &str = "notifier";
+/// How long a consumer waits for an acknowledgement before redelivering.
+pub const ACK_WAIT: Duration = Duration::from_secs(5);
 /// The oldest server Panneau accepts.
 pub const MINIMUM_SERVER: (u64, u64, u64) = (2, 12, 6);
 /// Longer than anything the relays do between two publications of one row (a
@@ -75,6 +77,8 @@ pub enum BusError {
         MINIMUM_SERVER.0, MINIMUM_SERVER.1, MINIMUM_SERVER.2
     )]
     ServerTooOld { found: String },
+    #[error("PANNEAU_NATS_URL holds an invalid server address {url:?}: {reason}")]
+    InvalidUrl { url: String, reason: String },
     #[error("cannot set up JetStream ({what}): {source}")]
     Topology {
         what: &'static str,
@@ -100,6 +104,20 @@ fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
 /// # Errors
 /// `Connect` when the server cannot be reached; `ServerTooOld`.
 pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
+    // A cluster is given as a comma-separated list of its servers.
+    let servers = url
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|server| {
+            server
+                .parse::<async_nats::ServerAddr>()
+                .map_err(|e| BusError::InvalidUrl {
+                    url: server.to_owned(),
+                    reason: e.to_string(),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
     let client = async_nats::ConnectOptions::new()
         .name("panneau")
         .connection_timeout(Duration::from_secs(5))
@@ -110,7 +128,7 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })
-        .connect(url)
+        .connect(servers)
         .await
         .map_err(|source| BusError::Connect {
             url: url.to_owned(),
@@ -221,7 +239,10 @@ fn durable(name: &str, description: &str) -> pull::Config {
         durable_name: Some(name.to_owned()),
         description: Some(description.to_owned()),
         ack_policy: AckPolicy::Explicit,
-        ack_wait: Duration::from_secs(30),
+        // Handlers take milliseconds and are idempotent: a message pulled by an
+        // instance that died goes to another one after this, so feeds converge
+        // within seconds of a crash (a redelivery costs nothing).
+        ack_wait: ACK_WAIT,
         deliver_policy: DeliverPolicy::All,
         filter_subject: SUBJECTS.to_owned(),
         max_ack_pending: 1_000,

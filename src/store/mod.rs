@@ -520,7 +520,8 @@ pub trait NotificationStore: Send + Sync + 'static {
     ) -> Result<Vec<Target>, StoreError>;
 
     /// Claims devices for a job before sending to them, under the job's lease;
-    /// returns those not claimed before (the others were sent to before a crash).
+    /// returns those not claimed before (the others were sent to before a crash)
+    /// or claimed by this same `claim` (a retry whose first answer was lost).
     ///
     /// # Errors
     /// `Unavailable`, `Database`; `Ok(Err(LeaseLost))` when another worker owns the job.
@@ -528,6 +529,7 @@ pub trait NotificationStore: Send + Sync + 'static {
         &self,
         publication: PublicationId,
         owner: Uuid,
+        claim: Uuid,
         devices: &[Uuid],
         lease_until: Timestamp,
     ) -> Result<Result<Vec<Uuid>, LeaseLost>, StoreError>;
@@ -543,6 +545,13 @@ pub trait NotificationStore: Send + Sync + 'static {
         progress: &Progress,
         lease_until: Timestamp,
     ) -> Result<Result<(), LeaseLost>, StoreError>;
+
+    /// Gives a running job's lease back (an instance shutting down), so
+    /// another worker resumes it from its checkpoint at once.
+    ///
+    /// # Errors
+    /// `Unavailable`, `Database`.
+    async fn release_job(&self, publication: PublicationId, owner: Uuid) -> Result<(), StoreError>;
 
     /// Ends a job and forgets its claimed devices.
     ///

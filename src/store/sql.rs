@@ -101,6 +101,11 @@ fn migrator(dialect: Dialect) -> Migrator {
                 "devices and notifications",
                 include_str!("../../migrations/sqlite/0002_devices_and_notifications.sql"),
             ),
+            migration(
+                3,
+                "delivery claims",
+                include_str!("../../migrations/sqlite/0003_delivery_claims.sql"),
+            ),
         ]),
         Dialect::MariaDb => Migrator::with_migrations(vec![
             migration(
@@ -112,6 +117,11 @@ fn migrator(dialect: Dialect) -> Migrator {
                 2,
                 "devices and notifications",
                 include_str!("../../migrations/mariadb/0002_devices_and_notifications.sql"),
+            ),
+            migration(
+                3,
+                "delivery claims",
+                include_str!("../../migrations/mariadb/0003_delivery_claims.sql"),
             ),
         ]),
     };
@@ -279,10 +289,40 @@ impl SqlStore {
     pub async fn migrate(&self) -> Result<(), StoreError> {
         let result = migrator(self.dialect).run(&self.pool).await;
         match result {
-            Ok(()) => Ok(()),
-            Err(sqlx::migrate::MigrateError::Execute(error)) => Err(StoreError::from_sqlx(error)),
-            Err(error) => Err(StoreError::Database(sqlx::Error::Migrate(Box::new(error)))),
+            Ok(()) => {}
+            Err(sqlx::migrate::MigrateError::Execute(error)) => {
+                return Err(StoreError::from_sqlx(error));
+            }
+            Err(error) => return Err(StoreError::Database(sqlx::Error::Migrate(Box::new(error)))),
         }
+        if self.dialect == Dialect::MariaDb {
+            self.check_outbox_trigger().await?;
+        }
+        Ok(())
+    }
+
+    /// Events reach the broker only through the outbox rows the
+    /// `events_to_outbox` trigger writes. A server without it would accept
+    /// commands whose events never reach a feed nor a phone (seen with a
+    /// Galera node whose appliers refused the trigger's DDL), so it is refused.
+    async fn check_outbox_trigger(&self) -> Result<(), StoreError> {
+        let found: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM information_schema.TRIGGERS \
+             WHERE TRIGGER_SCHEMA = DATABASE() AND TRIGGER_NAME = 'events_to_outbox'",
+        )
+        .fetch_one(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        if found == 0 {
+            return Err(StoreError::Database(sqlx::Error::Protocol(
+                "the trigger events_to_outbox is missing from this database server: committed events \
+                 would never be relayed. Create it again (migrations/mariadb/0001_initial.sql); on Galera, \
+                 check that every node has it (DDL replicated with a real DEFINER, not under \
+                 --skip-grant-tables)"
+                    .into(),
+            )));
+        }
+        Ok(())
     }
 
     /// Calls `hook` after every commit of events.

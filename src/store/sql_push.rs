@@ -400,6 +400,7 @@ impl NotificationStore for SqlStore {
         &self,
         publication: PublicationId,
         owner: Uuid,
+        claim: Uuid,
         devices: &[Uuid],
         lease_until: Timestamp,
     ) -> Result<Result<Vec<Uuid>, LeaseLost>, StoreError> {
@@ -424,7 +425,7 @@ impl NotificationStore for SqlStore {
             Dialect::MariaDb => "CAST(? AS BINARY(16))",
         };
         let sql = format!(
-            "SELECT device_id FROM notification_deliveries WHERE publication_id = {key} AND device_id IN ({})",
+            "SELECT device_id, claim_id FROM notification_deliveries WHERE publication_id = {key} AND device_id IN ({})",
             vec![key; devices.len()].join(", ")
         );
         let mut query =
@@ -432,33 +433,43 @@ impl NotificationStore for SqlStore {
         for device in devices {
             query = query.bind(uuid_bytes(*device));
         }
-        let already: Vec<Uuid> = query
-            .fetch_all(&mut *tx)
-            .await
-            .map_err(err)?
-            .iter()
-            .map(|row| uuid_column(row, "device_id"))
-            .collect::<Result<_, _>>()?;
+        let rows = query.fetch_all(&mut *tx).await.map_err(err)?;
+        let mut already = Vec::with_capacity(rows.len());
+        let mut ours = Vec::new();
+        for row in &rows {
+            let device = uuid_column(row, "device_id")?;
+            let by: Option<Vec<u8>> = row.try_get("claim_id").map_err(err)?;
+            if by.as_deref() == Some(claim.as_bytes().as_slice()) {
+                ours.push(device);
+            } else {
+                already.push(device);
+            }
+        }
+        // Devices this claim recorded in an attempt whose answer was lost are
+        // still to be sent to; they are not inserted again.
         let fresh: Vec<Uuid> = devices
             .iter()
             .copied()
-            .filter(|d| !already.contains(d))
+            .filter(|d| !already.contains(d) && !ours.contains(d))
             .collect();
         for chunk in fresh.chunks(500) {
             let sql = format!(
-                "INSERT INTO notification_deliveries (publication_id, device_id) VALUES {}",
-                vec!["(?, ?)"; chunk.len()].join(", ")
+                "INSERT INTO notification_deliveries (publication_id, device_id, claim_id) VALUES {}",
+                vec!["(?, ?, ?)"; chunk.len()].join(", ")
             );
             let mut query = sqlx::query(sqlx::AssertSqlSafe(sql));
             for device in chunk {
                 query = query
                     .bind(uuid_bytes(publication.as_uuid()))
-                    .bind(uuid_bytes(*device));
+                    .bind(uuid_bytes(*device))
+                    .bind(uuid_bytes(claim));
             }
             query.execute(&mut *tx).await.map_err(err)?;
         }
         tx.commit().await.map_err(err)?;
-        Ok(Ok(fresh))
+        let mut claimed = fresh;
+        claimed.extend(ours);
+        Ok(Ok(claimed))
     }
 
     async fn record_progress(
@@ -486,6 +497,19 @@ impl NotificationStore for SqlStore {
         .map_err(err)?
         .rows_affected();
         Ok(if updated == 1 { Ok(()) } else { Err(LeaseLost) })
+    }
+
+    async fn release_job(&self, publication: PublicationId, owner: Uuid) -> Result<(), StoreError> {
+        sqlx::query(
+            "UPDATE notification_jobs SET lease_until = 0 \
+             WHERE publication_id = ? AND lease_owner = ? AND status = 'running'",
+        )
+        .bind(uuid_bytes(publication.as_uuid()))
+        .bind(uuid_bytes(owner))
+        .execute(&self.pool)
+        .await
+        .map_err(err)?;
+        Ok(())
     }
 
     async fn finish_job(

@@ -177,3 +177,94 @@ async fn the_sqlite_store_keeps_the_event_store_contract() {
     store.migrate().await.unwrap();
     event_store_contract(&store).await;
 }
+
+#[tokio::test]
+async fn a_mariadb_server_without_the_outbox_trigger_is_refused() {
+    let database = crate::infra::TestDatabase::create(&crate::infra::shared_mariadb_url()).await;
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let mut connection = sqlx_connection(&database.url()).await;
+    sqlx::query("DROP TRIGGER events_to_outbox")
+        .execute(&mut connection)
+        .await
+        .unwrap();
+    let error = store.migrate().await.unwrap_err();
+    let mut refused = error.to_string();
+    let mut source = std::error::Error::source(&error);
+    while let Some(cause) = source {
+        refused.push_str(&format!(": {cause}"));
+        source = cause.source();
+    }
+    assert!(refused.contains("events_to_outbox"), "{refused}");
+    let output = std::process::Command::new(env!("CARGO_BIN_EXE_panneau"))
+        .arg("migrate")
+        .env_remove("PANNEAU_CONFIG")
+        .env("PANNEAU_DATABASE_URL", database.url())
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("events_to_outbox is missing"), "{stderr}");
+    store.close().await;
+}
+
+async fn sqlx_connection(url: &str) -> sqlx::mysql::MySqlConnection {
+    use sqlx::Connection;
+    sqlx::mysql::MySqlConnection::connect(url).await.unwrap()
+}
+
+#[tokio::test]
+async fn a_claim_retried_after_a_lost_answer_still_gets_its_devices_and_no_other_claim_does() {
+    use panneau::store::{NewJob, NotificationStore};
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqlStore::connect(
+        &crate::helpers::database_url(dir.path()),
+        &PoolSettings::default(),
+    )
+    .await
+    .unwrap();
+    store.migrate().await.unwrap();
+    let publication = panneau_domain::PublicationId::new(Uuid::now_v7()).unwrap();
+    let now = panneau::now();
+    let job = NewJob {
+        publication,
+        communes: vec![panneau_domain::InseeCode::parse("35238").unwrap()],
+        priority: panneau_domain::Priority::Normal,
+        title: "Coupure d'eau".into(),
+        body: "Mardi".into(),
+        published_at: now,
+    };
+    assert!(store.create_job(&job, now).await.unwrap());
+    let owner = Uuid::now_v7();
+    let lease = now.plus_micros(60_000_000);
+    store.claim_job(owner, lease, now).await.unwrap().unwrap();
+    let devices = [Uuid::now_v7(), Uuid::now_v7()];
+
+    let first = Uuid::now_v7();
+    let claimed = store
+        .claim_deliveries(publication, owner, first, &devices, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(claimed.len(), 2);
+    // The answer was lost; the same claim again: still ours to send.
+    let mut again = store
+        .claim_deliveries(publication, owner, first, &devices, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    again.sort();
+    let mut expected = devices.to_vec();
+    expected.sort();
+    assert_eq!(again, expected);
+    // Any other claim (a later attempt, after a crash) gets none of them.
+    let other = store
+        .claim_deliveries(publication, owner, Uuid::now_v7(), &devices, lease)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(other.is_empty());
+    store.close().await;
+}

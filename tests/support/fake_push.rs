@@ -229,6 +229,16 @@ async fn stats(State(inner): State<Arc<Inner>>) -> Response {
     .into_response()
 }
 
+/// Every recorded delivery, as `[[token, publication], …]` (when recording).
+async fn received(State(inner): State<Arc<Inner>>) -> Response {
+    let received = inner.received.lock().unwrap();
+    let pairs: Vec<[&str; 2]> = received
+        .iter()
+        .map(|r| [r.token.as_str(), r.publication.as_str()])
+        .collect();
+    axum::Json(json!(pairs)).into_response()
+}
+
 impl FakePush {
     /// Starts on a random loopback port; `record` keeps every message (tests)
     /// or only counts them (benchmarks).
@@ -246,6 +256,7 @@ impl FakePush {
             .route("/v1/projects/{project}/messages:send", post(fcm_send))
             .route("/webpush/{id}", post(webpush))
             .route("/stats", get(stats))
+            .route("/received", get(received))
             .with_state(inner.clone());
         let listener = tokio::net::TcpListener::bind(address).await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
