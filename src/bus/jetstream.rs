@@ -121,6 +121,11 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
     let client = async_nats::ConnectOptions::new()
         .name("panneau")
         .connection_timeout(Duration::from_secs(5))
+        // The default backoff grows to 4 s between attempts; a broker back
+        // from an outage is found within half a second instead.
+        .reconnect_delay_callback(|attempts| {
+            Duration::from_millis(100 * u64::try_from(attempts.min(5)).unwrap_or(5))
+        })
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
@@ -378,7 +383,9 @@ impl Relay {
             let wait = if failures == 0 {
                 Duration::from_secs(1)
             } else {
-                Duration::from_millis(200 * 2u64.pow(failures.min(5)))
+                // Capped low: once the broker is back, the backlog drains
+                // within a couple of seconds.
+                Duration::from_millis(200 * 2u64.pow(failures.min(3)))
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
