@@ -180,7 +180,18 @@ impl Folded {
     }
 
     fn keys(&self) -> Vec<String> {
-        self.documents().into_iter().map(|(key, _)| key).collect()
+        match self {
+            Folded::Feeds(p) => p
+                .records()
+                .map(|r| publication_key(&r.id))
+                .chain(p.feeds().map(|(code, _)| feed_key(code)))
+                .collect(),
+            Folded::Stats(p) => p
+                .owners()
+                .map(|(id, _)| owner_key(id))
+                .chain(p.publishers().map(|(publisher, _)| stats_key(publisher)))
+                .collect(),
+        }
     }
 }
 
@@ -453,12 +464,7 @@ async fn compare(
     let projection = match folded {
         Folded::Feeds(projection) => projection,
         Folded::Stats(projection) => {
-            return compare_stats(stored, projection, key).map(|d| {
-                d.map(|what| Difference {
-                    key: key.to_owned(),
-                    what,
-                })
-            });
+            return compare_stats(stored, projection, key).map(|what| what.and_then(differs));
         }
     };
     if let Some(code) = key.strip_prefix("feed.") {

@@ -211,7 +211,7 @@ if replay:
         "| peak resident memory of the replay | %.0f MiB | %.0f–%.0f MiB |" % (rss[0] / 1024, rss[1] / 1024, rss[2] / 1024),
     ]
     if verify:
-        lines += ["| `panneau replay --verify` (fold and compare %d documents) | %.1f s | |" % (verify[0]["documents"], verify[0]["seconds"])]
+        lines += ["| `panneau replay feeds --verify` (fold and compare %d documents) | %.1f s | |" % (verify[0]["documents"], verify[0]["seconds"])]
     lines += [
         "",
         "Command: `bench/run replay` (`REPLAY_EVENTS` changes the size of the log).",

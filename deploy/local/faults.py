@@ -459,6 +459,21 @@ def table(results):
     return header + "\n".join(rows) + "\n"
 
 
+def against_targets(results):
+    """The faults that miss a target of issue 6 (convergence within 5 s,
+    99.9% of reads served), as a paragraph of the report."""
+    misses = []
+    for r in results:
+        if r["convergence"] is not None and r["convergence"] > 5.0:
+            misses.append(f"{r['fault']}: convergence {r['convergence']:.1f} s (target 5 s)")
+        if r["read_availability"] is not None and r["read_availability"] < 0.999:
+            misses.append(f"{r['fault']}: read availability {100 * r['read_availability']:.2f}% (target 99.9%)")
+    if not misses:
+        return "Every fault met the targets: convergence within 5 s, at least 99.9% of reads served.\n"
+    return ("Targets missed in this run (promises kept: nothing lost, doubled or missed):\n\n"
+            + "".join(f"- {m}\n" for m in misses))
+
+
 def broken(r):
     problems = []
     if r["lost"]:
@@ -537,6 +552,7 @@ instances (after which the whole history is checked again, every feed in full);
 while the fault lasted. What is promised and what is not: ADR 7.
 
 {report}
+{against_targets(results)}
 Versions: {versions}; `{subprocess.run([BIN, '--version'], capture_output=True, text=True).stdout.strip()}`.
 """)
     if failed:
