@@ -305,6 +305,20 @@ impl TestApp {
             .unwrap()
     }
 
+    /// `GET /v1/publisher/stats` with this token: 200, private, and its body.
+    pub async fn publisher_stats(&self, token: &str) -> Value {
+        let response = self
+            .client
+            .get(self.url("/v1/publisher/stats"))
+            .bearer_auth(token)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["cache-control"], "private, no-cache");
+        response.json().await.unwrap()
+    }
+
     /// The ids in a commune's feed (first page), in order.
     pub async fn feed_ids(&self, commune: &str) -> Vec<String> {
         let response = self.get(&format!("/v1/communes/{commune}/feed")).await;

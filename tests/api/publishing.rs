@@ -526,22 +526,7 @@ async fn a_publisher_sees_its_own_statistics_folded_from_its_events() {
             panneau_domain::Role::Editor,
         )
         .await;
-    let stats = |token: String| {
-        let app = &app;
-        async move {
-            let response = app
-                .client
-                .get(app.url("/v1/publisher/stats"))
-                .bearer_auth(token)
-                .send()
-                .await
-                .unwrap();
-            assert_eq!(response.status(), 200);
-            assert_eq!(response.headers()["cache-control"], "private, no-cache");
-            response.json::<serde_json::Value>().await.unwrap()
-        }
-    };
-    let empty = stats(town.clone()).await;
+    let empty = app.publisher_stats(&town).await;
     assert_eq!(empty["publications"], 0);
     assert_eq!(empty["by_category"], json!({}));
 
@@ -570,11 +555,11 @@ async fn a_publisher_sees_its_own_statistics_folded_from_its_events() {
 
     assert!(
         app.eventually(Duration::from_secs(5), || async {
-            stats(town.clone()).await["publications"] == 3
+            app.publisher_stats(&town).await["publications"] == 3
         })
         .await
     );
-    let figures = stats(town.clone()).await;
+    let figures = app.publisher_stats(&town).await;
     assert_eq!(
         figures,
         json!({
@@ -583,7 +568,7 @@ async fn a_publisher_sees_its_own_statistics_folded_from_its_events() {
             "by_category": {"alert": 1, "event": 1, "roadworks": 1}
         })
     );
-    assert_eq!(stats(school).await["publications"], 1);
+    assert_eq!(app.publisher_stats(&school).await["publications"], 1);
     let anonymous = app.get("/v1/publisher/stats").await;
     assert_problem(anonymous, 401).await;
 }

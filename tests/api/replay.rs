@@ -253,18 +253,6 @@ async fn replay_needs_the_cluster_mode_and_a_projection() {
     assert!(String::from_utf8_lossy(&unknown.stderr).contains("feeds"));
 }
 
-async fn stats(app: &TestApp, token: &str) -> serde_json::Value {
-    let response = app
-        .client
-        .get(app.url("/v1/publisher/stats"))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 200);
-    response.json().await.unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_replay_rebuilds_broken_statistics_and_leaves_the_feeds_alone() {
     let database = TestDatabase::create(&shared_mariadb_url()).await;
@@ -318,15 +306,15 @@ async fn a_replay_rebuilds_broken_statistics_and_leaves_the_feeds_alone() {
     };
     assert!(
         b.eventually(WAIT, || async {
-            expected(3, 2, 4)(&stats(&b, &town).await)
+            expected(3, 2, 4)(&b.publisher_stats(&town).await)
         })
         .await,
         "instance B serves the statistics: {}",
-        stats(&b, &town).await
+        b.publisher_stats(&town).await
     );
     assert!(
         a.eventually(WAIT, || async {
-            stats(&a, &other).await["publications"] == 1
+            a.publisher_stats(&other).await["publications"] == 1
         })
         .await,
         "each publisher sees its own figures only"
@@ -350,7 +338,7 @@ async fn a_replay_rebuilds_broken_statistics_and_leaves_the_feeds_alone() {
     }
     assert!(
         a.eventually(WAIT, || async {
-            stats(&a, &town).await["publications"] == 0
+            a.publisher_stats(&town).await["publications"] == 0
         })
         .await,
         "the broken model is what the publisher API serves"
@@ -370,11 +358,11 @@ async fn a_replay_rebuilds_broken_statistics_and_leaves_the_feeds_alone() {
     for app in [&a, &b] {
         assert!(
             app.eventually(WAIT, || async {
-                expected(3, 2, 4)(&stats(app, &town).await)
+                expected(3, 2, 4)(&app.publisher_stats(&town).await)
             })
             .await,
             "both instances serve the rebuilt statistics: {}",
-            stats(app, &town).await
+            app.publisher_stats(&town).await
         );
     }
     let meta = context.get_key_value("PANNEAU_META").await.unwrap();
@@ -391,11 +379,11 @@ async fn a_replay_rebuilds_broken_statistics_and_leaves_the_feeds_alone() {
     a.publish_ok(&town, &notice(&["35238"])).await;
     assert!(
         b.eventually(WAIT, || async {
-            expected(4, 3, 5)(&stats(&b, &town).await)
+            expected(4, 3, 5)(&b.publisher_stats(&town).await)
         })
         .await,
         "{}",
-        stats(&b, &town).await
+        b.publisher_stats(&town).await
     );
     let (ok, output) = replay(&database.url(), &nats.url(), &["--verify"]).await;
     assert!(ok, "{output}");
