@@ -59,7 +59,6 @@ pub const SWITCH_GRACE: Duration = Duration::from_secs(5);
 /// What a replay did.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayReport {
-    pub model: Model,
     pub generation: u64,
     pub events: u64,
     pub documents: u64,
@@ -433,7 +432,6 @@ pub async fn replay(
         let _ = context.delete_key_value(bucket(model, old)).await;
     }
     Ok(ReplayReport {
-        model,
         generation,
         events,
         documents: count,

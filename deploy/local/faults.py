@@ -50,7 +50,7 @@ LB = ENV["PANNEAU_LOCAL_HTTP"]
 FAKE = ENV["PANNEAU_LOCAL_FAKE_PUSH"]
 SQL_PORT = ENV["PANNEAU_LOCAL_SQL_PORT"]
 GALERA_PORTS = ENV["PANNEAU_LOCAL_GALERA_PORTS"].split()
-INSTANCES = [f"http://127.0.0.1:{int(p) - 10}" for p in ENV["PANNEAU_LOCAL_OPS_PORTS"].split()]
+INSTANCES = [f"http://127.0.0.1:{p}" for p in ENV["PANNEAU_LOCAL_HTTP_PORTS"].split()]
 
 
 def http(method, url, body=None, headers=None, timeout=5.0):
@@ -125,7 +125,6 @@ class History:
         self.lock = threading.Lock()
         self.commands = []  # (t, outcome, key, body, id)
         self.reads = []  # (t, ok)
-        self.devices = {}  # token -> communes (registered before the workload)
         self.late_devices = []  # registered during the workload
 
     def command(self, outcome, key, body, pub_id):

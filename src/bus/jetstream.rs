@@ -184,11 +184,6 @@ pub fn bucket(model: Model, generation: u64) -> String {
     }
 }
 
-/// The bucket of a generation of the feed read model.
-pub fn feeds_bucket(generation: u64) -> String {
-    bucket(Model::Feeds, generation)
-}
-
 /// The settings of a read model's bucket.
 pub fn bucket_config(model: Model, generation: u64, replicas: usize) -> kv::Config {
     let holds = match model {

@@ -168,13 +168,7 @@ pub(crate) async fn event_store_contract(store: &dyn EventStore) {
 #[tokio::test]
 async fn the_sqlite_store_keeps_the_event_store_contract() {
     let dir = tempfile::tempdir().unwrap();
-    let store = SqlStore::connect(
-        &crate::helpers::database_url(dir.path()),
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = sqlite_store(dir.path()).await;
     event_store_contract(&store).await;
 }
 
@@ -219,13 +213,7 @@ async fn sqlx_connection(url: &str) -> sqlx::mysql::MySqlConnection {
 async fn a_claim_retried_after_a_lost_answer_still_gets_its_devices_and_no_other_claim_does() {
     use panneau::store::{NewJob, NotificationStore};
     let dir = tempfile::tempdir().unwrap();
-    let store = SqlStore::connect(
-        &crate::helpers::database_url(dir.path()),
-        &PoolSettings::default(),
-    )
-    .await
-    .unwrap();
-    store.migrate().await.unwrap();
+    let store = sqlite_store(dir.path()).await;
     let publication = panneau_domain::PublicationId::new(Uuid::now_v7()).unwrap();
     let now = panneau::now();
     let job = NewJob {
@@ -267,4 +255,13 @@ async fn a_claim_retried_after_a_lost_answer_still_gets_its_devices_and_no_other
         .unwrap();
     assert!(other.is_empty());
     store.close().await;
+}
+
+/// A migrated SQLite store in `dir`.
+async fn sqlite_store(dir: &std::path::Path) -> SqlStore {
+    let store = SqlStore::connect(&crate::helpers::database_url(dir), &PoolSettings::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    store
 }

@@ -408,6 +408,26 @@ fn interleave(
     out
 }
 
+/// The same streams merged twice, in two interleavings with their own
+/// redeliveries (`picks2` is padded to the number of events).
+fn two_interleavings(
+    streams: &[Vec<Envelope<PublicationEvent>>],
+    picks: &[usize],
+    duplicates: &[(usize, usize)],
+    mut picks2: Vec<usize>,
+    duplicates2: &[(usize, usize)],
+) -> (
+    Vec<Envelope<PublicationEvent>>,
+    Vec<Envelope<PublicationEvent>>,
+) {
+    let total: usize = streams.iter().map(Vec::len).sum();
+    picks2.resize(total, 0);
+    (
+        interleave(streams, picks, duplicates),
+        interleave(streams, &picks2, duplicates2),
+    )
+}
+
 fn rendered(p: &FeedProjection, now: Timestamp) -> Vec<(String, Vec<PublicationView>)> {
     let mut feeds: Vec<_> = COMMUNES
         .iter()
@@ -429,11 +449,7 @@ proptest! {
         (streams, picks, duplicates) in histories(),
         (picks2, duplicates2) in (proptest::collection::vec(0usize..5, 0..40), proptest::collection::vec((0usize..40, 0usize..40), 0..6)),
     ) {
-        let total: usize = streams.iter().map(Vec::len).sum();
-        let mut picks2 = picks2;
-        picks2.resize(total, 0);
-        let one = interleave(&streams, &picks, &duplicates);
-        let other = interleave(&streams, &picks2, &duplicates2);
+        let (one, other) = two_interleavings(&streams, &picks, &duplicates, picks2, &duplicates2);
         let a = fold(&one);
         let b = fold(&other);
         // Reading after every event happened: identical boards.
@@ -481,11 +497,7 @@ proptest! {
         (streams, picks, duplicates) in histories(),
         (picks2, duplicates2) in (proptest::collection::vec(0usize..5, 0..40), proptest::collection::vec((0usize..40, 0usize..40), 0..6)),
     ) {
-        let total: usize = streams.iter().map(Vec::len).sum();
-        let mut picks2 = picks2;
-        picks2.resize(total, 0);
-        let one = interleave(&streams, &picks, &duplicates);
-        let other = interleave(&streams, &picks2, &duplicates2);
+        let (one, other) = two_interleavings(&streams, &picks, &duplicates, picks2, &duplicates2);
         let (a, b) = (fold_stats(&one), fold_stats(&other));
         prop_assert_eq!(&a, &b);
 
