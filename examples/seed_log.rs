@@ -2,11 +2,16 @@
 //! events, decided by the real domain (`decide`) and encoded by the real codec,
 //! inserted in bulk. Used by `bench/run replay`.
 //!
-//! Usage: `seed_log MYSQL_URL EVENTS`
+//! Usage: `seed_log MYSQL_URL EVENTS` or `seed_log MYSQL_URL --per-commune N`
 //!
 //! The history spans a year: most publications go to one to three communes and
 //! stay visible one to four weeks; one in a thousand is a department-wide alert;
 //! half are amended once, a fifth twice, a tenth are retracted.
+//!
+//! With `--per-commune N` (`bench/run scale`), every one of the 34,969 communes
+//! gets N live publications of its own instead, each a few sentences of French
+//! text (a busy town hall's feed: about 15 KB for 20), published over the last
+//! twenty days and visible for two more months.
 
 use std::collections::BTreeMap;
 
@@ -32,11 +37,18 @@ struct Row {
 async fn main() -> anyhow::Result<()> {
     panneau::install_crypto();
     let mut args = std::env::args().skip(1);
-    let url = args.next().expect("usage: seed_log MYSQL_URL EVENTS");
-    let target: usize = args
-        .next()
-        .expect("usage: seed_log MYSQL_URL EVENTS")
-        .parse()?;
+    const USAGE: &str = "usage: seed_log MYSQL_URL EVENTS | seed_log MYSQL_URL --per-commune N";
+    let url = args.next().expect(USAGE);
+    let first = args.next().expect(USAGE);
+    let per_commune: Option<usize> = if first == "--per-commune" {
+        Some(args.next().expect(USAGE).parse()?)
+    } else {
+        None
+    };
+    let target: usize = match per_commune {
+        Some(_) => 0,
+        None => first.parse()?,
+    };
 
     let communes = panneau::app::COMMUNES.clone();
     let all: Vec<InseeCode> = communes.iter().map(|c| c.code).collect();
@@ -59,6 +71,12 @@ async fn main() -> anyhow::Result<()> {
     let actor = Actor::Publisher { publisher, token };
 
     let mut conn = sqlx::MySqlConnection::connect(&url).await?;
+    if let Some(n) = per_commune {
+        let written = seed_per_commune(&mut conn, &all, n, &issuer, &actor).await?;
+        sqlx::query("DELETE FROM outbox").execute(&mut conn).await?;
+        println!("{written} events in {written} publications");
+        return Ok(());
+    }
     let start = Timestamp::from_unix_micros(1_735_689_600_000_000); // 2025-01-01
     let mut rng = fastrand::Rng::with_seed(42);
     let (mut written, mut batch) = (0usize, Vec::with_capacity(BATCH));
@@ -156,6 +174,103 @@ async fn main() -> anyhow::Result<()> {
     sqlx::query("DELETE FROM outbox").execute(&mut conn).await?;
     println!("{written} events in {publication} publications");
     Ok(())
+}
+
+const TITLES: [&str; 12] = [
+    "Coupure d'eau rue des Lilas",
+    "Travaux de voirie avenue de la Gare",
+    "Marché de Noël sur la place",
+    "Fermeture exceptionnelle de la mairie",
+    "Collecte des encombrants",
+    "Alerte canicule : restez au frais",
+    "Inscriptions à la cantine scolaire",
+    "Conseil municipal du mois",
+    "Vigilance orange orages",
+    "Campagne de vaccination antigrippale",
+    "Nouveaux horaires de la médiathèque",
+    "Fête de la musique",
+];
+const SENTENCES: [&str; 10] = [
+    "Les services techniques interviendront de 8 h à 12 h ; la circulation sera alternée.",
+    "Merci de ne pas stationner le long de la chaussée pendant toute la durée des travaux.",
+    "Pour tout renseignement, l'accueil de la mairie est ouvert du lundi au vendredi.",
+    "Les riverains seront informés individuellement par courrier dans les prochains jours.",
+    "En cas d'urgence, composez le 18 ou le 112 depuis un téléphone portable.",
+    "La municipalité vous remercie de votre compréhension et de votre patience.",
+    "Un arrêté municipal précise les conditions d'accès au site et les horaires d'ouverture.",
+    "Les enfants doivent être accompagnés d'un adulte ; l'entrée est libre et gratuite.",
+    "Pensez à vérifier l'état de vos gouttières et à rentrer le mobilier de jardin.",
+    "Les personnes âgées ou isolées peuvent se faire connaître auprès du CCAS.",
+];
+
+/// `n` live single-commune publications for every commune.
+async fn seed_per_commune(
+    conn: &mut sqlx::MySqlConnection,
+    all: &[InseeCode],
+    n: usize,
+    issuer: &Issuer,
+    actor: &Actor,
+) -> anyhow::Result<usize> {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let now = panneau::now();
+    let (mut written, mut batch) = (0usize, Vec::with_capacity(BATCH));
+    for code in all {
+        for i in 0..n {
+            let at = Timestamp::from_unix_micros(now.as_unix_micros() - rng.i64(1..20 * DAY));
+            let body: Vec<&str> = (0..rng.usize(4..=8))
+                .map(|_| SENTENCES[rng.usize(0..SENTENCES.len())])
+                .collect();
+            let content = Content {
+                communes: CommuneSet::new(vec![*code])?,
+                title: Title::parse(format!(
+                    "{} ({})",
+                    TITLES[rng.usize(0..TITLES.len())],
+                    i + 1
+                ))?,
+                body: Body::parse(body.join(" "))?,
+                category: [Category::Info, Category::Roadworks, Category::Event][rng.usize(0..3)],
+                priority: if i == 0 {
+                    Priority::Urgent
+                } else {
+                    Priority::Normal
+                },
+                window: VisibilityWindow::new(
+                    None,
+                    Some(Timestamp::from_unix_micros(now.as_unix_micros() + 60 * DAY)),
+                )?,
+                attachments: Attachments::default(),
+            };
+            let id = PublicationId::new(Uuid::now_v7())?;
+            let command = Command::Publish {
+                id,
+                issuer: issuer.clone(),
+                content,
+                notify: false,
+            };
+            for payload in decide(&Publication::Absent, command, at)? {
+                batch.push(Row {
+                    envelope: Envelope {
+                        event_id: EventId::new(Uuid::now_v7()),
+                        stream_id: StreamId::publication(id),
+                        stream_version: 1,
+                        event_type: payload.event_type(),
+                        schema_version: payload.schema_version(),
+                        occurred_at: at,
+                        recorded_at: at,
+                        actor: actor.clone(),
+                        request_id: None,
+                        payload,
+                    },
+                    owner: Some(*issuer.publisher.as_uuid().as_bytes()),
+                });
+            }
+            if batch.len() >= BATCH {
+                written += insert(conn, &mut batch).await?;
+            }
+        }
+    }
+    written += insert(conn, &mut batch).await?;
+    Ok(written)
 }
 
 fn amend(issuer: &Issuer, title: &str) -> Command {

@@ -433,7 +433,7 @@ impl Application {
         ));
         health.set_read_model(Dependency::Up);
 
-        let app_state = AppState {
+        let app_state = AppState::new(api::Shared {
             cache: cache.clone(),
             communes,
             commands,
@@ -454,7 +454,7 @@ impl Application {
             },
             trust_forwarded_for: config.trust_forwarded_for,
             tokens: api::token_cache(),
-        };
+        });
         let http = TcpListener::bind(config.http_addr)
             .await
             .with_context(|| format!("cannot listen on PANNEAU_HTTP_ADDR={}", config.http_addr))?;

@@ -37,6 +37,61 @@ lines = [
     "are lower bounds of what the server does alone.",
     "",
 ]
+run_time = groups.get("run time")
+if run_time:
+    lines += ["The last complete `bench/run` (every part, builds included) took %.1f minutes." % (run_time[-1]["seconds"] / 60), ""]
+
+def summary():
+    """One line per target: the figure, its anchor or target, met or missed."""
+    rows = []
+    def add(what, figure, target, met):
+        rows.append("| %s | %s | %s | %s |" % (what, figure, target, "met" if met else "**missed**"))
+    for proto, prefix, conns in (("HTTP/1.1", "feed ", (64, 256)), ("HTTP/2", "feed h2 ", (64,))):
+        for c in conns:
+            for encoding in ("identity", "gzip"):
+                ours = groups.get("%spanneau %s c%d" % (prefix, encoding, c))
+                base = groups.get("%snginx %s c%d" % (prefix, encoding, c))
+                if not ours or not base:
+                    continue
+                ratio = med(ours, "rps")[0] / med(base, "rps")[0]
+                p99, base_p99 = med(ours, "p99_us")[0], med(base, "p99_us")[0]
+                add("cached feed, %s, %s, %d connections" % (proto, encoding, c),
+                    "%.2f× nginx req/s, p99 %.1f ms (nginx %.1f ms)" % (ratio, p99 / 1000, base_p99 / 1000),
+                    "≥ 1.0× at equal or better p99", ratio >= 1.0 and p99 <= base_p99)
+    storm = groups.get("storm")
+    if storm:
+        worst = max(max(r["loads_a"], r["loads_b"]) for r in storm)
+        errors = sum(r["errors"] + r["feeds_missing_alert"] for r in storm)
+        add("read storm, KV loads per instance (worst run)", "%d for %d communes" % (worst, storm[0]["communes"]),
+            "≤ one per commune", worst <= storm[0]["communes"])
+        add("read storm, errors and feeds without the alert", "%d" % errors, "0", errors == 0)
+    for c in (1, 16, 64):
+        api, bare = groups.get("write api c%d" % c), groups.get("write bare c%d" % c)
+        if api and bare:
+            ratio = med(api, "rps")[0] / med(bare, "rps")[0]
+            add("write path, %d clients" % c, "%.2f× bare INSERTs" % ratio, "≥ 0.8×", ratio >= 0.8)
+    visible = groups.get("visible")
+    if visible:
+        p99 = med(visible, "p99_us")[0] / 1000
+        add("publish-to-visible on another instance, p99", "%.1f ms" % p99, "≤ 50 ms", p99 <= 50)
+    fanout = groups.get("fanout")
+    if fanout:
+        rate = med(fanout, "rate")[0]
+        add("notification fan-out", "%.0f/s" % rate, "≥ 10,000/s", rate >= 10000)
+    replay = groups.get("replay feeds")
+    if replay:
+        rate = med(replay, "rate")[0]
+        add("projection replay", "%.0f events/s" % rate, "≥ 100,000 events/s", rate >= 100000)
+    scale = groups.get("scale")
+    if scale:
+        rss = med(scale, "rss_kb")[0] / 1024
+        add("every commune's feed cached, resident memory", "%.0f MiB" % rss, "≤ 1,024 MiB", rss <= 1024)
+    return rows
+
+targets = summary()
+if targets:
+    lines += ["## Against the targets", "", "| measurement | figure | target | |", "|---|---|---|---|"] + targets + [
+        "", "Each missed target is explained in its section below.", ""]
 
 search = groups.get("search c1")
 if search:
@@ -99,10 +154,36 @@ if feed_rows:
     lines += [
         "",
         "Target: Panneau ≥ 1.0× nginx in requests per second at equal or better p99.",
-        "Command: `bench/run feed` (wrk `-t2 -c64|256 -d10s`, HTTP/1.1 keep-alive; 3 runs each).",
-        "HTTP/2 (h2load) is not measured yet.",
+        "Command: `bench/run feed` (wrk `-t2 -c64|256 -d5s`, HTTP/1.1 keep-alive; 3 runs each).",
         "",
     ]
+    h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
+    if h2:
+        lines += [
+            "Over HTTP/2 (cleartext, prior knowledge), 64 connections of 10 concurrent streams each,",
+            "measured with h2load (nginx: `listen … http2`; Varnish: `feature=+http2`):",
+            "",
+            "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for encoding in ("identity", "gzip"):
+            base = h2.get("feed h2 nginx %s c64" % encoding)
+            base_rps = med(base, "rps")[0] if base else None
+            for target in ("panneau", "nginx", "varnish"):
+                group = h2.get("feed h2 %s %s c64" % (target, encoding))
+                if not group:
+                    continue
+                rps = med(group, "rps")
+                ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
+                lines.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
+                    encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
+                    med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+        lines += [
+            "",
+            "Command: `bench/run feed` (h2load `-t2 -c64 -m10 -D5 --warm-up-time=1`, latencies from",
+            "its per-request log; 3 runs each).",
+            "",
+        ]
 
 write_rows = [(c, groups.get("write api c%d" % c), groups.get("write bare c%d" % c)) for c in (1, 16, 64)]
 if any(api for _, api, _ in write_rows):
@@ -226,5 +307,95 @@ if replay:
         "generation split over several streams; see ADR 6.",
         "",
     ]
+
+storm = groups.get("storm")
+if storm:
+    rps = med(storm, "rps"); p99 = med(storm, "p99_us"); la = med(storm, "loads_a"); lb = med(storm, "loads_b")
+    communes = storm[0]["communes"]
+    errors = sum(r["errors"] for r in storm)
+    missing = sum(r["feeds_missing_alert"] for r in storm)
+    lines += [
+        "## Read storm after a department-wide alert (issue 7)",
+        "",
+        "Every commune holds 20 publications (the scale set-up below). Two fresh cluster-mode",
+        "instances (empty caches), then an urgent alert published through instance A to all %d" % communes,
+        "communes of Ille-et-Vilaine, and at once, for 10 s, 128 connections on each instance reading",
+        "feeds of those communes chosen in proportion to their population (`bench/lib/storm.lua`,",
+        "gzip as the apps ask). The caches refill while the projector writes the %d changed feeds." % communes,
+        "Afterwards every feed of the department is read on both instances and must show the alert.",
+        "",
+        "| figure | median of %d runs | spread | target |" % len(storm),
+        "|---|---|---|---|",
+        "| requests per second (both instances) | %.0f | %.0f–%.0f | |" % rps,
+        "| p99 latency (worse instance) | %.1f ms | %.1f–%.1f ms | |" % (p99[0] / 1000, p99[1] / 1000, p99[2] / 1000),
+        "| KV loads, instance A | %d%s | %d–%d | %d (one per commune) |" % (la[0], "" if la[0] <= communes else " (above target)", la[1], la[2], communes),
+        "| KV loads, instance B | %d%s | %d–%d | %d (one per commune) |" % (lb[0], "" if lb[0] <= communes else " (above target)", lb[1], lb[2], communes),
+        "| errors (all runs) | %d%s | | 0 |" % (errors, "" if errors == 0 else " (above target)"),
+        "| feeds without the alert afterwards (all runs) | %d | | 0 |" % missing,
+        "",
+        "Loads are the instances' `panneau_feed_store_loads_total` over the storm: concurrent misses",
+        "for one commune share one load, and a feed already cached when its document changes is",
+        "re-rendered from the KV watch, without a load. Command: `bench/run storm`.",
+        "",
+    ]
+
+scale = groups.get("scale")
+if scale:
+    rss = med(scale, "rss_kb"); hwm = med(scale, "peak_rss_kb"); cold = med(scale, "cold_start_ms")
+    entries = med(scale, "cache_entries"); cbytes = med(scale, "cache_bytes"); fill = med(scale, "fill_rps")
+    sp50 = med(scale, "search_p50_us"); sp99 = med(scale, "search_p99_us")
+    lines += [
+        "## Scale and memory (issue 7)",
+        "",
+        "All %d communes with 20 publications each (%s events seeded into the MariaDB log by" % (scale[0]["communes"], format(scale[0]["communes"] * 20, ",")),
+        "`examples/seed_log.rs --per-commune 20`, a few sentences of French text each, folded into",
+        "the KV bucket by `panneau replay feeds`), served by one cluster-mode instance with",
+        "`PANNEAU_FEED_CACHE_BYTES=1073741824` so that every feed fits. Each run starts the",
+        "instance, reads every commune's feed once (h2load over 16 connections), then runs the",
+        "10,000 search queries of the search benchmark, and reads the process's resident memory.",
+        "",
+        "| figure | median of %d runs | spread | target |" % len(scale),
+        "|---|---|---|---|",
+        "| feeds in the cache | %d | %d–%d | %d |" % (entries[0], entries[1], entries[2], scale[0]["communes"]),
+        "| size of the cached bodies (identity + gzip + brotli) | %.0f MiB | %.0f–%.0f MiB | |" % tuple(v / 1048576 for v in cbytes),
+        "| resident memory of the instance, all feeds cached | %.0f MiB%s | %.0f–%.0f MiB | ≤ 1024 MiB |" % (
+            rss[0] / 1024, "" if rss[0] <= 1048576 else " (above target)", rss[1] / 1024, rss[2] / 1024),
+        "| peak resident memory | %.0f MiB | %.0f–%.0f MiB | |" % (hwm[0] / 1024, hwm[1] / 1024, hwm[2] / 1024),
+        "| cold start: process start to the first feed served | %.0f ms | %.0f–%.0f ms | |" % cold,
+        "| cold cache fill: feeds read per second from the KV | %.0f | %.0f–%.0f | |" % fill,
+        "| commune search p50, all feeds cached | %.0f µs | %.0f–%.0f µs | |" % sp50,
+        "| commune search p99, all feeds cached | %.0f µs | %.0f–%.0f µs | |" % sp99,
+        "| errors (fill and search, all runs) | %d | | 0 |" % sum(r["fill_errors"] + r["search_errors"] for r in scale),
+        "",
+        "Command: `bench/run scale`.",
+        "",
+    ]
+
+profile_read = groups.get("profile read")
+profile_fanout = groups.get("profile fanout")
+if profile_read or profile_fanout:
+    lines += [
+        "## Profiles (issue 7)",
+        "",
+        "Instruction counts from `valgrind --tool=callgrind` (repeatable whatever else the machine",
+        "does), summarised by `callgrind_annotate` beside this report:",
+        "",
+    ]
+    if profile_read:
+        lines.append("- read path, warm cached feed GETs: %s instructions per request — [docs/profiles/read-path.txt](profiles/read-path.txt)"
+                     % format(int(profile_read[0]["ir_per_request"]), ","))
+    if profile_fanout:
+        lines.append("- notification fan-out: %s instructions per notification — [docs/profiles/fanout.txt](profiles/fanout.txt)"
+                     % format(int(profile_fanout[0]["ir_per_notification"]), ","))
+    lines += ["", "Command: `bench/run profile`.", ""]
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from plots import draw_all  # noqa: E402
+
+charts = draw_all(groups, os.path.join(os.path.dirname(os.path.abspath(report_path)), "bench"))
+if charts:
+    lines += ["## Plots", "", "Drawn by `bench/lib/plots.py` from the same results.", ""]
+    for caption, filename in charts:
+        lines += ["![%s](bench/%s)" % (caption, filename), "", "*%s*" % caption, ""]
 
 open(report_path, "w").write("\n".join(lines))

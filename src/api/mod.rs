@@ -45,9 +45,27 @@ pub struct CachePolicy {
     pub stale_if_error: u64,
 }
 
-/// Everything handlers share.
-#[derive(Clone)]
-pub struct AppState {
+/// Everything handlers share, behind one `Arc`: axum clones the state for
+/// every request, and one reference count costs less than fifteen.
+#[derive(Clone, Debug)]
+pub struct AppState(Arc<Shared>);
+
+impl AppState {
+    pub fn new(shared: Shared) -> Self {
+        Self(Arc::new(shared))
+    }
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Shared;
+
+    fn deref(&self) -> &Shared {
+        &self.0
+    }
+}
+
+/// What [`AppState`] holds.
+pub struct Shared {
     pub cache: Arc<FeedCache>,
     pub communes: Arc<Communes>,
     pub commands: CommandHandler,
@@ -84,13 +102,13 @@ pub fn token_cache() -> moka::future::Cache<[u8; 32], crate::store::TokenRecord>
         .build()
 }
 
-impl std::fmt::Debug for AppState {
+impl std::fmt::Debug for Shared {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
+        f.debug_struct("Shared").finish_non_exhaustive()
     }
 }
 
-impl AppState {
+impl Shared {
     /// The client's address, for rate limits.
     pub fn client_ip(&self, request: &axum::http::request::Parts) -> Option<IpAddr> {
         if self.trust_forwarded_for

@@ -329,11 +329,12 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
 /// the best encoding the client accepts, with its validators and caching rules.
 fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
     let encoding = negotiate(request);
-    let (body, suffix, content_encoding): (&Bytes, &str, Option<&'static str>) = match encoding {
-        Encoding::Identity => (&rendered.identity, "", None),
-        Encoding::Gzip => (&rendered.gzip, "-gzip", Some("gzip")),
-        Encoding::Brotli => (&rendered.brotli, "-br", Some("br")),
-    };
+    let (body, etag, content_encoding): (&Bytes, &HeaderValue, Option<&'static str>) =
+        match encoding {
+            Encoding::Identity => (&rendered.identity, &rendered.etag_headers[0], None),
+            Encoding::Gzip => (&rendered.gzip, &rendered.etag_headers[1], Some("gzip")),
+            Encoding::Brotli => (&rendered.brotli, &rendered.etag_headers[2], Some("br")),
+        };
     let policy = &app.cache_policy;
     let cache_control = format!(
         "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
@@ -341,7 +342,6 @@ fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
         policy.stale_while_revalidate,
         policy.stale_if_error
     );
-    let etag = format!("\"{}{suffix}\"", rendered.etag);
     let mut response = if not_modified(request, &rendered.etag) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -359,10 +359,7 @@ fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
         response
     };
     let headers = response.headers_mut();
-    headers.insert(
-        header::ETAG,
-        HeaderValue::from_str(&etag).expect("hex etag"),
-    );
+    headers.insert(header::ETAG, etag.clone());
     headers.insert(
         header::CACHE_CONTROL,
         HeaderValue::from_str(&cache_control).expect("ASCII header"),

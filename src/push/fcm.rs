@@ -31,12 +31,15 @@ pub enum FcmSetupError {
     NoProject,
     #[error("cannot build the HTTP client: {0}")]
     Client(#[source] reqwest::Error),
+    #[error("PANNEAU_FCM_ENDPOINT is not a valid URL: {0}")]
+    Endpoint(#[source] url::ParseError),
 }
 
 /// The FCM HTTP v1 gateway.
 pub struct FcmGateway {
     client: reqwest::Client,
-    url: String,
+    /// Parsed once: parsing it for every send cost more than building the body.
+    url: reqwest::Url,
     auth: Arc<dyn TokenProvider>,
 }
 
@@ -85,7 +88,8 @@ impl FcmGateway {
         }
         Ok(Self {
             client: client.build().map_err(FcmSetupError::Client)?,
-            url: format!("{endpoint}/v1/projects/{project}/messages:send"),
+            url: reqwest::Url::parse(&format!("{endpoint}/v1/projects/{project}/messages:send"))
+                .map_err(FcmSetupError::Endpoint)?,
             auth: Arc::new(account),
         })
     }
@@ -186,7 +190,7 @@ impl PushGateway for FcmGateway {
         };
         let response = self
             .client
-            .post(&self.url)
+            .post(self.url.clone())
             .bearer_auth(access.as_str())
             .json(&request_body(&target.token, message))
             .send()

@@ -74,16 +74,40 @@ impl FeedStore for KvFeedStore {
             .collect()
     }
 
-    /// Follows the bucket. Each (re)subscription first replays the latest value
-    /// of every key, so a watcher that lost its subscription during a broker
-    /// outage catches up without forgetting what it holds.
+    /// Follows the bucket from now on. The first subscription starts with
+    /// `Reset` (whatever was loaded before it existed is dropped); a
+    /// resubscription after a broker outage resumes after the last revision
+    /// seen, so the watcher catches up on exactly what it missed, without
+    /// replaying every key of the bucket (a million documents at full scale).
     fn watch(&self) -> BoxStream<'static, Change> {
-        let kv = self.kv.clone();
-        stream::unfold((kv, None::<kv::Watch>), |(kv, mut watch)| async move {
+        struct State {
+            kv: kv::Store,
+            watch: Option<kv::Watch>,
+            last_revision: Option<u64>,
+            pending_reset: bool,
+        }
+        let state = State {
+            kv: self.kv.clone(),
+            watch: None,
+            last_revision: None,
+            pending_reset: false,
+        };
+        stream::unfold(state, |mut state| async move {
             loop {
-                let Some(current) = watch.as_mut() else {
-                    match kv.watch_with_history(">").await {
-                        Ok(w) => watch = Some(w),
+                if state.pending_reset {
+                    state.pending_reset = false;
+                    return Some((Change::Reset, state));
+                }
+                let Some(current) = state.watch.as_mut() else {
+                    let subscribed = match state.last_revision {
+                        Some(last) => state.kv.watch_all_from_revision(last + 1).await,
+                        None => state.kv.watch_all().await,
+                    };
+                    match subscribed {
+                        Ok(w) => {
+                            state.pending_reset = state.last_revision.is_none();
+                            state.watch = Some(w);
+                        }
                         Err(error) => {
                             tracing::debug!(error = %error, "cannot watch the feed bucket; retrying");
                             tokio::time::sleep(Duration::from_millis(500)).await;
@@ -93,6 +117,7 @@ impl FeedStore for KvFeedStore {
                 };
                 match current.next().await {
                     Some(Ok(entry)) => {
+                        state.last_revision = Some(entry.revision);
                         let change = match entry.operation {
                             Operation::Put => Change::Put {
                                 key: entry.key,
@@ -103,13 +128,13 @@ impl FeedStore for KvFeedStore {
                             },
                             Operation::Delete | Operation::Purge => Change::Deleted { key: entry.key },
                         };
-                        return Some((change, (kv, watch)));
+                        return Some((change, state));
                     }
                     Some(Err(error)) => {
                         tracing::warn!(error = %error, "feed bucket watch interrupted; resubscribing");
-                        watch = None;
+                        state.watch = None;
                     }
-                    None => watch = None,
+                    None => state.watch = None,
                 }
             }
         })
