@@ -75,8 +75,8 @@ pub async fn project(
 }
 
 /// Applies one event to the statistics read model: records the publication's
-/// publisher at its creation, then folds the event into that publisher's
-/// document with compare-and-set. Idempotent: the document holds each
+/// publisher at its creation, then folds the event into the publisher's
+/// document that holds this publication, with compare-and-set. Idempotent: the document holds each
 /// publication's stream version.
 ///
 /// # Errors
@@ -101,7 +101,7 @@ pub async fn project_stats(
             None => return Ok(Outcome::Gap { expected: 1 }),
         },
     };
-    let key = stats_key(&publisher);
+    let key = stats_key(&publisher, panneau_projections::stats::shard(&id));
     loop {
         let stored = store.get(&key).await?;
         let mut stats: PublisherStats = match &stored {

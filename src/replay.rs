@@ -170,8 +170,11 @@ impl Folded {
                 let owners = p.owners().map(|(id, publisher)| {
                     (owner_key(id), Bytes::from(encode_document(publisher)))
                 });
-                let stats = p.publishers().map(|(publisher, doc)| {
-                    (stats_key(publisher), Bytes::from(encode_document(doc)))
+                let stats = p.shards().map(|(publisher, shard, doc)| {
+                    (
+                        stats_key(publisher, shard),
+                        Bytes::from(encode_document(doc)),
+                    )
                 });
                 owners.chain(stats).collect()
             }
@@ -188,7 +191,10 @@ impl Folded {
             Folded::Stats(p) => p
                 .owners()
                 .map(|(id, _)| owner_key(id))
-                .chain(p.publishers().map(|(publisher, _)| stats_key(publisher)))
+                .chain(
+                    p.shards()
+                        .map(|(publisher, shard, _)| stats_key(publisher, shard)),
+                )
                 .collect(),
         }
     }
@@ -514,10 +520,11 @@ fn compare_stats(
             (Some(_), _) => Some("publisher of a publication differs from the log"),
         });
     }
-    if let Some(id) = key.strip_prefix("stats.") {
+    if let Some((id, shard)) = key.strip_prefix("stats.").and_then(|k| k.split_once('.')) {
         let expected = uuid::Uuid::parse_str(id)
             .ok()
-            .and_then(|id| projection.publisher(&PublisherId::new(id)).cloned())
+            .zip(shard.parse::<u8>().ok())
+            .and_then(|(id, shard)| projection.shard(&PublisherId::new(id), shard).cloned())
             .unwrap_or_default();
         let found: PublisherStats = match stored {
             Some(d) => decode_document(&d.value)?,

@@ -1,10 +1,12 @@
 //! The publisher statistics read model: what each publisher has published, as
 //! a fold of the publication events.
 //!
-//! One document per publisher holds the figures of each of its publications
-//! with the stream version they reflect, so applying an event is idempotent
-//! (a redelivery finds its version already there) and the publisher's totals
-//! are sums computed when read. The publisher of an event that does not name
+//! The figures of each publication, with the stream version they reflect, are
+//! kept in one of [`SHARDS`] documents of its publisher (chosen by
+//! [`shard`]), so applying an event is idempotent (a redelivery finds its
+//! version already there) and rewrites a small document, not everything the
+//! publisher ever published; the publisher's totals are sums computed when
+//! read. The publisher of an event that does not name
 //! it (going live, amendments, retractions) is the one its creation named:
 //! projectors keep that as an `owner` record.
 
@@ -14,6 +16,15 @@ use panneau_domain::{Category, Envelope, Priority, PublicationEvent, Publication
 use serde::{Deserialize, Serialize};
 
 use crate::feed::Gap;
+
+/// How many documents a publisher's statistics are spread over.
+pub const SHARDS: u8 = 64;
+
+/// The document of a publisher's statistics that holds this publication:
+/// from the random bits of its UUIDv7, so publications spread evenly.
+pub fn shard(id: &PublicationId) -> u8 {
+    id.as_uuid().as_bytes()[15] % SHARDS
+}
 
 /// Where a publication stands, for statistics.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -120,6 +131,12 @@ impl PublisherStats {
 
     pub fn summary(&self) -> StatsSummary {
         let mut summary = StatsSummary::default();
+        self.add_to(&mut summary);
+        summary
+    }
+
+    /// Adds this document's figures to `summary` (a publisher's shards add up).
+    pub fn add_to(&self, summary: &mut StatsSummary) {
         for f in self.publications.values() {
             summary.publications += 1;
             match f.phase {
@@ -134,7 +151,6 @@ impl PublisherStats {
             summary.commune_notices += u64::from(f.communes);
             *summary.by_category.entry(f.category).or_default() += 1;
         }
-        summary
     }
 }
 
@@ -167,7 +183,7 @@ pub fn creator(event: &PublicationEvent) -> Option<PublisherId> {
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct StatsProjection {
     owners: HashMap<PublicationId, PublisherId>,
-    publishers: HashMap<PublisherId, PublisherStats>,
+    shards: HashMap<(PublisherId, u8), PublisherStats>,
 }
 
 impl StatsProjection {
@@ -182,8 +198,8 @@ impl StatsProjection {
             None => *self.owners.get(&id).ok_or(Gap { expected: 1 })?,
         };
         match self
-            .publishers
-            .entry(owner)
+            .shards
+            .entry((owner, shard(&id)))
             .or_default()
             .apply(envelope.stream_version, &envelope.payload)
         {
@@ -196,12 +212,26 @@ impl StatsProjection {
         self.owners.iter()
     }
 
-    pub fn publishers(&self) -> impl Iterator<Item = (&PublisherId, &PublisherStats)> + '_ {
-        self.publishers.iter()
+    /// Every non-empty document: publisher, shard, figures.
+    pub fn shards(&self) -> impl Iterator<Item = (&PublisherId, u8, &PublisherStats)> + '_ {
+        self.shards
+            .iter()
+            .map(|((publisher, shard), stats)| (publisher, *shard, stats))
     }
 
-    pub fn publisher(&self, id: &PublisherId) -> Option<&PublisherStats> {
-        self.publishers.get(id)
+    pub fn shard(&self, publisher: &PublisherId, shard: u8) -> Option<&PublisherStats> {
+        self.shards.get(&(*publisher, shard))
+    }
+
+    /// A publisher's totals, over all its documents (`None` if it has none).
+    pub fn summary(&self, publisher: &PublisherId) -> Option<StatsSummary> {
+        let mut summary = None;
+        for shard in 0..SHARDS {
+            if let Some(stats) = self.shard(publisher, shard) {
+                stats.add_to(summary.get_or_insert_with(StatsSummary::default));
+            }
+        }
+        summary
     }
 
     pub fn owner(&self, id: &PublicationId) -> Option<&PublisherId> {

@@ -833,16 +833,19 @@ pub async fn own_stats(
     State(app): State<AppState>,
     auth: Authenticated,
 ) -> Result<Response, ApiError> {
-    let stored = app
-        .stats
-        .get(&crate::readmodel::stats_key(&auth.token.publisher))
-        .await?;
-    let stats: panneau_projections::PublisherStats = match stored {
-        Some(document) => crate::codec::decode_document(&document.value)
-            .map_err(|e| ApiError::from(crate::readmodel::ReadModelError::from(e)))?,
-        None => panneau_projections::PublisherStats::default(),
-    };
-    let summary = stats.summary();
+    let publisher = auth.token.publisher;
+    let keys: Vec<String> = (0..panneau_projections::stats::SHARDS)
+        .map(|shard| crate::readmodel::stats_key(&publisher, shard))
+        .collect();
+    let shards =
+        futures_util::future::try_join_all(keys.iter().map(|key| app.stats.get(key))).await?;
+    let mut summary = panneau_projections::StatsSummary::default();
+    for document in shards.into_iter().flatten() {
+        let stats: panneau_projections::PublisherStats =
+            crate::codec::decode_document(&document.value)
+                .map_err(|e| ApiError::from(crate::readmodel::ReadModelError::from(e)))?;
+        stats.add_to(&mut summary);
+    }
     Ok(json(&OwnStats {
         publications: summary.publications,
         scheduled: summary.scheduled,

@@ -58,9 +58,6 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 /// How long an outbox row may wait for the instance that committed it before
 /// any other instance's relay publishes it.
 pub const RELAY_GRACE: Duration = Duration::from_secs(3);
-/// How long the relay gathers commits before draining when they keep coming
-/// (an idle relay drains at once).
-const RELAY_LINGER: Duration = Duration::from_millis(2);
 /// How long a publish may wait for its acknowledgement before its outcome is
 /// treated as unknown (and the row retried with the same id).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -377,7 +374,6 @@ impl Relay {
     pub async fn run(self, shutdown: CancellationToken) {
         let mut failures = 0u32;
         let mut last_prune = tokio::time::Instant::now();
-        let mut last_drain: Option<tokio::time::Instant> = None;
         loop {
             let wait = if failures == 0 {
                 Duration::from_secs(1)
@@ -391,15 +387,7 @@ impl Relay {
                 () = self.nudge.0.notified(), if failures == 0 => {}
                 () = tokio::time::sleep(wait) => {}
             }
-            // Under a steady stream of commits, gather a few before draining:
-            // marking rows published is a durable commit of its own, and one
-            // per command took half of MariaDB's commit rate at one client.
-            if last_drain.is_some_and(|at| at.elapsed() < RELAY_LINGER * 10) {
-                tokio::time::sleep(RELAY_LINGER).await;
-            }
-            let result = self.drain().await;
-            last_drain = Some(tokio::time::Instant::now());
-            match result {
+            match self.drain().await {
                 Ok(()) => failures = 0,
                 Err(error) => {
                     failures += 1;

@@ -102,9 +102,10 @@ pub fn publication_key(id: &PublicationId) -> String {
     format!("pub.{id}")
 }
 
-/// The key of a publisher's statistics document (stats model).
-pub fn stats_key(publisher: &PublisherId) -> String {
-    format!("stats.{publisher}")
+/// The key of one of a publisher's statistics documents (stats model; see
+/// [`panneau_projections::stats::shard`]).
+pub fn stats_key(publisher: &PublisherId, shard: u8) -> String {
+    format!("stats.{publisher}.{shard:02}")
 }
 
 /// The key naming the publisher of a publication (stats model): events after
