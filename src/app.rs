@@ -447,11 +447,11 @@ impl Application {
             webpush_endpoints: webpush_endpoints(&config),
             metrics: metrics.clone(),
             token_hasher: TokenHasher::new(secrets.get("token_pepper").cloned()),
-            cache_policy: CachePolicy {
-                max_age: config.feed_max_age,
-                stale_while_revalidate: config.feed_stale_while_revalidate,
-                stale_if_error: config.feed_stale_if_error,
-            },
+            cache_policy: CachePolicy::new(
+                config.feed_max_age,
+                config.feed_stale_while_revalidate,
+                config.feed_stale_if_error,
+            ),
             trust_forwarded_for: config.trust_forwarded_for,
             tokens: api::token_cache(),
         });

@@ -4,7 +4,9 @@
 //! for counters). Label values are bounded: a route is its template
 //! (`/v1/communes/{code}/feed`), never a commune code, an id or a token.
 
-use prometheus_client::encoding::EncodeLabelSet;
+use std::fmt::Write as _;
+
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -14,15 +16,68 @@ use std::sync::atomic::AtomicU64;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct HttpLabels {
-    pub route: String,
-    pub method: String,
-    pub status: String,
+    pub route: Route,
+    pub method: Method,
+    pub status: Status,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteLabels {
-    pub route: String,
-    pub method: String,
+    pub route: Route,
+    pub method: Method,
+}
+
+/// A route template as a label value, shared with the router rather than
+/// copied: labels are built for every request.
+#[derive(Debug, Clone)]
+pub struct Route(pub Option<axum::extract::MatchedPath>);
+
+impl Route {
+    pub fn as_str(&self) -> &str {
+        self.0
+            .as_ref()
+            .map_or("unmatched", axum::extract::MatchedPath::as_str)
+    }
+}
+
+impl PartialEq for Route {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for Route {}
+
+impl std::hash::Hash for Route {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl EncodeLabelValue for Route {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.as_str())
+    }
+}
+
+/// An HTTP method as a label value.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct Method(pub http::Method);
+
+impl EncodeLabelValue for Method {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_str())
+    }
+}
+
+/// An HTTP status as a label value.
+#[derive(Debug, Clone, Copy, Hash, PartialEq, Eq)]
+pub struct Status(pub http::StatusCode);
+
+impl EncodeLabelValue for Status {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        encoder.write_str(self.0.as_str())
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]

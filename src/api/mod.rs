@@ -43,6 +43,35 @@ pub struct CachePolicy {
     pub max_age: u64,
     pub stale_while_revalidate: u64,
     pub stale_if_error: u64,
+    /// The `Cache-Control` of a body that stays right for `max_age`, made once.
+    full_max_age: HeaderValue,
+}
+
+impl CachePolicy {
+    pub fn new(max_age: u64, stale_while_revalidate: u64, stale_if_error: u64) -> Self {
+        Self {
+            max_age,
+            stale_while_revalidate,
+            stale_if_error,
+            full_max_age: cache_control(max_age, stale_while_revalidate, stale_if_error),
+        }
+    }
+
+    /// `Cache-Control` for a body that stays right `max_age` seconds.
+    pub fn cache_control(&self, max_age: u64) -> HeaderValue {
+        if max_age == self.max_age {
+            self.full_max_age.clone()
+        } else {
+            cache_control(max_age, self.stale_while_revalidate, self.stale_if_error)
+        }
+    }
+}
+
+fn cache_control(max_age: u64, stale_while_revalidate: u64, stale_if_error: u64) -> HeaderValue {
+    HeaderValue::try_from(format!(
+        "public, max-age={max_age}, stale-while-revalidate={stale_while_revalidate}, stale-if-error={stale_if_error}"
+    ))
+    .expect("digits and ASCII make a valid header value")
 }
 
 /// Everything handlers share, behind one `Arc`: axum clones the state for
@@ -159,14 +188,11 @@ pub async fn request_context(
         .unwrap_or_else(|| {
             RequestId::parse(Uuid::now_v7().to_string()).expect("a UUID is a valid request id")
         });
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map_or("unmatched", |p| p.as_str())
-        .to_owned();
+    let route = crate::metrics::Route(request.extensions().get::<MatchedPath>().cloned());
     let method = request.method().clone();
     request.extensions_mut().insert(request_id.clone());
-    let span = tracing::info_span!("request", request_id = %request_id, %method, route = %route);
+    let span =
+        tracing::info_span!("request", request_id = %request_id, %method, route = route.as_str());
     let mut response = next.run(request).instrument(span.clone()).await;
     let status = response.status();
     let elapsed = started.elapsed();
@@ -175,15 +201,15 @@ pub async fn request_context(
         .http_requests
         .get_or_create(&HttpLabels {
             route: route.clone(),
-            method: method.as_str().to_owned(),
-            status: status.as_str().to_owned(),
+            method: crate::metrics::Method(method.clone()),
+            status: crate::metrics::Status(status),
         })
         .inc();
     metrics
         .http_duration
         .get_or_create(&RouteLabels {
             route: route.clone(),
-            method: method.as_str().to_owned(),
+            method: crate::metrics::Method(method),
         })
         .observe(elapsed.as_secs_f64());
     let _entered = span.enter();
@@ -194,7 +220,7 @@ pub async fn request_context(
             crate::telemetry::report_server_error(
                 &chain,
                 request_id.as_str(),
-                &route,
+                route.as_str(),
                 status.as_u16(),
             );
         } else {

@@ -336,12 +336,7 @@ fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
             Encoding::Brotli => (&rendered.brotli, &rendered.etag_headers[2], Some("br")),
         };
     let policy = &app.cache_policy;
-    let cache_control = format!(
-        "public, max-age={}, stale-while-revalidate={}, stale-if-error={}",
-        rendered.max_age(policy.max_age),
-        policy.stale_while_revalidate,
-        policy.stale_if_error
-    );
+    let cache_control = policy.cache_control(rendered.max_age(policy.max_age));
     let mut response = if not_modified(request, &rendered.etag) {
         let mut response = Response::new(Body::empty());
         *response.status_mut() = StatusCode::NOT_MODIFIED;
@@ -360,10 +355,7 @@ fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
     };
     let headers = response.headers_mut();
     headers.insert(header::ETAG, etag.clone());
-    headers.insert(
-        header::CACHE_CONTROL,
-        HeaderValue::from_str(&cache_control).expect("ASCII header"),
-    );
+    headers.insert(header::CACHE_CONTROL, cache_control);
     headers.insert(header::VARY, HeaderValue::from_static("Accept-Encoding"));
     response
 }
