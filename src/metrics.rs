@@ -60,9 +60,32 @@ impl EncodeLabelValue for Route {
     }
 }
 
-/// An HTTP method as a label value.
+/// An HTTP method as a label value: the standard ones, every other as
+/// `OTHER` (a client choosing methods must not grow the label set).
 #[derive(Debug, Clone, Hash, PartialEq, Eq)]
-pub struct Method(pub http::Method);
+pub struct Method(http::Method);
+
+impl Method {
+    pub fn of(method: &http::Method) -> Self {
+        use http::Method as M;
+        let standard = [
+            M::GET,
+            M::HEAD,
+            M::POST,
+            M::PUT,
+            M::PATCH,
+            M::DELETE,
+            M::OPTIONS,
+            M::TRACE,
+            M::CONNECT,
+        ];
+        if standard.contains(method) {
+            Self(method.clone())
+        } else {
+            Self(M::from_bytes(b"OTHER").expect("a valid method token"))
+        }
+    }
+}
 
 impl EncodeLabelValue for Method {
     fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {

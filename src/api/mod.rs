@@ -201,7 +201,7 @@ pub async fn request_context(
         .http_requests
         .get_or_create(&HttpLabels {
             route: route.clone(),
-            method: crate::metrics::Method(method.clone()),
+            method: crate::metrics::Method::of(&method),
             status: crate::metrics::Status(status),
         })
         .inc();
@@ -209,7 +209,7 @@ pub async fn request_context(
         .http_duration
         .get_or_create(&RouteLabels {
             route: route.clone(),
-            method: crate::metrics::Method(method),
+            method: crate::metrics::Method::of(&method),
         })
         .observe(elapsed.as_secs_f64());
     let _entered = span.enter();

@@ -90,6 +90,17 @@ async fn metrics_show_the_figures_a_workload_caused() {
     for _ in 0..3 {
         app.feed_ids("35051").await;
     }
+    // A method of the client's own invention counts as OTHER, on no route.
+    let brewed = app
+        .client
+        .request(
+            reqwest::Method::from_bytes(b"BREW").unwrap(),
+            app.url("/coffee/pot-7"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(brewed.status(), 404);
     let scrape = || async {
         let response = app
             .client
@@ -148,6 +159,10 @@ async fn metrics_show_the_figures_a_workload_caused() {
         "panneau_push_sends_total{platform=\"fcm\",outcome=\"invalid_token\"}",
         1.0,
     );
+    expect(
+        "panneau_http_requests_total{route=\"unmatched\",method=\"OTHER\",status=\"404\"}",
+        1.0,
+    );
     expect("panneau_push_tokens_disabled_total{platform=\"fcm\"}", 1.0);
     expect("panneau_push_jobs_in_progress", 0.0);
     expect("panneau_dependency_up{dependency=\"database\"}", 1.0);
@@ -164,6 +179,8 @@ async fn metrics_show_the_figures_a_workload_caused() {
         id.as_str(),
         token.as_str(),
         "metrics-device-1",
+        "BREW",
+        "pot-7",
     ] {
         assert!(
             !text.contains(unbounded),
