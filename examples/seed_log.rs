@@ -145,21 +145,8 @@ async fn main() -> anyhow::Result<()> {
             for payload in decide(&state, command, at)? {
                 version += 1;
                 state = evolve(state, &payload);
-                batch.push(Row {
-                    envelope: Envelope {
-                        event_id: EventId::new(Uuid::now_v7()),
-                        stream_id: StreamId::publication(id),
-                        stream_version: version,
-                        event_type: payload.event_type(),
-                        schema_version: payload.schema_version(),
-                        occurred_at: at,
-                        recorded_at: at,
-                        actor: actor.clone(),
-                        request_id: None,
-                        payload,
-                    },
-                    owner: (version == 1).then(|| *publisher.as_uuid().as_bytes()),
-                });
+                let owner = (version == 1).then_some(publisher);
+                batch.push(row(id, version, at, &actor, payload, owner));
             }
         }
         if batch.len() >= BATCH {
@@ -248,21 +235,7 @@ async fn seed_per_commune(
                 notify: false,
             };
             for payload in decide(&Publication::Absent, command, at)? {
-                batch.push(Row {
-                    envelope: Envelope {
-                        event_id: EventId::new(Uuid::now_v7()),
-                        stream_id: StreamId::publication(id),
-                        stream_version: 1,
-                        event_type: payload.event_type(),
-                        schema_version: payload.schema_version(),
-                        occurred_at: at,
-                        recorded_at: at,
-                        actor: actor.clone(),
-                        request_id: None,
-                        payload,
-                    },
-                    owner: Some(*issuer.publisher.as_uuid().as_bytes()),
-                });
+                batch.push(row(id, 1, at, actor, payload, Some(issuer.publisher)));
             }
             if batch.len() >= BATCH {
                 written += insert(conn, &mut batch).await?;
@@ -271,6 +244,33 @@ async fn seed_per_commune(
     }
     written += insert(conn, &mut batch).await?;
     Ok(written)
+}
+
+/// One event of a publication stream, as the log stores it; `owner` on the
+/// creation only.
+fn row(
+    id: PublicationId,
+    version: u64,
+    at: Timestamp,
+    actor: &Actor,
+    payload: PublicationEvent,
+    owner: Option<PublisherId>,
+) -> Row {
+    Row {
+        envelope: Envelope {
+            event_id: EventId::new(Uuid::now_v7()),
+            stream_id: StreamId::publication(id),
+            stream_version: version,
+            event_type: payload.event_type(),
+            schema_version: payload.schema_version(),
+            occurred_at: at,
+            recorded_at: at,
+            actor: actor.clone(),
+            request_id: None,
+            payload,
+        },
+        owner: owner.map(|p| *p.as_uuid().as_bytes()),
+    }
 }
 
 fn amend(issuer: &Issuer, title: &str) -> Command {

@@ -13,7 +13,7 @@
 # (callgrind_control -d), so only that work is counted. The flame graphs come
 # from the same workloads on a second, native instance (perf samples, kernel
 # included, which callgrind does not see).
-# Uses bench/run's functions (port, start_mariadb, sql, record) and variables
+# Uses bench/run's functions (port, start_mariadb, sql, record, wait_gone) and variables
 # (root, bin, work, out, part, pids, mariadb_port). Settings: PROFILE_REQUESTS
 # (20000), PROFILE_DEVICES (20000), PROFILE_FLAMEGRAPHS (1; 0 skips perf).
 
@@ -83,13 +83,9 @@ profile_dump_total() { # file
 # SIGTERM (the instance's graceful shutdown), then a bounded wait; an exit status
 # other than 0 fails.
 profile_terminate() { # pid, log
-  local pid=$1 rc=0 i
+  local pid=$1 rc=0
   kill -TERM "$pid"
-  for i in $(seq 1 600); do
-    kill -0 "$pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$pid" 2>/dev/null; then
+  if ! wait_gone "$pid" 60; then
     kill -KILL "$pid" 2>/dev/null || true
     profile_fail "the instance did not stop within 60 s of SIGTERM" "$2"
   fi
@@ -322,13 +318,8 @@ profile_perf_start() { # pid to sample, data file
 }
 
 profile_perf_stop() { # data file
-  local i
   kill -INT "$profile_perf_pid" 2>/dev/null || true
-  for i in $(seq 1 600); do
-    kill -0 "$profile_perf_pid" 2>/dev/null || break
-    sleep 0.1
-  done
-  if kill -0 "$profile_perf_pid" 2>/dev/null; then
+  if ! wait_gone "$profile_perf_pid" 60; then
     kill -KILL "$profile_perf_pid" 2>/dev/null || true
     echo "profile: perf record did not stop within 60 s" >&2
     return 1
