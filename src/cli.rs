@@ -1,8 +1,10 @@
 //! The command line: `panneau serve` (the default), `panneau migrate`,
 //! `panneau publisher create|token|list|revoke`, `panneau replay`,
-//! `panneau check-config`.
+//! `panneau export`, `panneau import`, `panneau check-config`.
 
 use std::collections::BTreeSet;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
 
 use anyhow::{Context, bail};
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -42,6 +44,20 @@ pub enum Commands {
     /// Rebuild a read model from the event log into a new generation, then
     /// switch every instance to it (cluster mode). Never sends a notification.
     Replay(ReplayArgs),
+    /// Write publishers, token hashes, the event log, refusals and view counts
+    /// to a portable file (JSON Lines), from one consistent snapshot. Devices
+    /// are not exported.
+    Export {
+        /// Where to write it (`-` or nothing: standard output).
+        output: Option<PathBuf>,
+    },
+    /// Bring an export into this deployment's database. The whole file is
+    /// checked before anything is written; what the database already holds is
+    /// skipped; imported publications are never notified again.
+    Import {
+        /// The file written by `panneau export` (`-`: standard input).
+        input: PathBuf,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -428,5 +444,122 @@ pub async fn replay(config: &Config, args: &ReplayArgs) -> anyhow::Result<()> {
         bail!("{}", failed.join("; "));
     }
     store.close().await;
+    Ok(())
+}
+
+/// Runs `panneau export [FILE]`.
+///
+/// # Errors
+/// When the database cannot be read or the file written.
+pub async fn export(config: &Config, output: Option<&Path>) -> anyhow::Result<()> {
+    let (store, _) = open_store(config).await?;
+    let (mut out, name): (Box<dyn Write + Send>, String) = match output {
+        Some(path) if path != Path::new("-") => (
+            Box::new(std::io::BufWriter::new(
+                std::fs::File::create(path)
+                    .with_context(|| format!("cannot create {}", path.display()))?,
+            )),
+            path.display().to_string(),
+        ),
+        _ => (
+            Box::new(std::io::BufWriter::new(std::io::stdout())),
+            "standard output".to_owned(),
+        ),
+    };
+    let counts = crate::store::archive::export(&store, &mut |record| {
+        serde_json::to_writer(&mut out, record)?;
+        out.write_all(b"\n")
+    })
+    .await
+    .context("export failed")?;
+    out.flush().context("cannot write the export")?;
+    store.close().await;
+    eprintln!("exported {counts} to {name}");
+    Ok(())
+}
+
+/// Runs `panneau import FILE`: checks the whole file, then imports it.
+///
+/// # Errors
+/// When the file is unreadable, malformed, truncated or of another format
+/// (nothing is written then), or when the database refuses a record.
+pub async fn import(config: &Config, input: &Path) -> anyhow::Result<()> {
+    use crate::store::archive::{Counts, Record};
+
+    // Standard input can be read once: it is kept for the second pass.
+    let stdin = if input == Path::new("-") {
+        let mut bytes = Vec::new();
+        std::io::Read::read_to_end(&mut std::io::stdin().lock(), &mut bytes)
+            .context("cannot read standard input")?;
+        Some(bytes)
+    } else {
+        None
+    };
+    let open = || -> anyhow::Result<Box<dyn BufRead + '_>> {
+        Ok(match &stdin {
+            Some(bytes) => Box::new(bytes.as_slice()),
+            None => Box::new(std::io::BufReader::new(
+                std::fs::File::open(input)
+                    .with_context(|| format!("cannot open {}", input.display()))?,
+            )),
+        })
+    };
+    let parse = |number: u64, line: std::io::Result<String>| -> anyhow::Result<Record> {
+        let line = line.with_context(|| format!("cannot read line {number}"))?;
+        serde_json::from_str(&line).with_context(|| format!("line {number}: not a record"))
+    };
+
+    // First pass: every record checks, the header comes first and the counts
+    // of the last line match, so a truncated or foreign file writes nothing.
+    let mut counts = Counts::default();
+    let mut expected = None;
+    for (index, line) in (1..).zip(open()?.lines()) {
+        let record = parse(index, line)?;
+        if expected.is_some() {
+            bail!("line {index}: records after the end of the export");
+        }
+        if (index == 1) != matches!(record, Record::Header(_)) {
+            bail!(
+                "line {index}: an export starts with its header, once (is this a panneau export?)"
+            );
+        }
+        record
+            .check()
+            .map_err(|reason| anyhow::anyhow!("line {index}: {reason}"))?;
+        if let Record::End(end) = record {
+            expected = Some(end);
+        } else {
+            counts.add(&record);
+        }
+    }
+    match expected {
+        None => bail!("the export is incomplete (no end record): was it cut short?"),
+        Some(end) if end != counts => {
+            bail!("the export is incomplete: it announces {end} but holds {counts}")
+        }
+        Some(_) => {}
+    }
+
+    let (store, _) = open_store(config).await?;
+    // Second pass, streamed: the records were checked above.
+    let records = (1..)
+        .zip(open()?.lines())
+        .filter_map(|(index, line)| parse(index, line).ok());
+    let report = crate::store::archive::import(&store, records)
+        .await
+        .context("import stopped (what was imported before stays; run it again once fixed)")?;
+    let mut seen = report.imported;
+    seen.merge(&report.already_present);
+    if seen != counts {
+        bail!(
+            "{} changed during the import: run it again",
+            input.display()
+        );
+    }
+    store.close().await;
+    eprintln!(
+        "imported {}; already present: {}",
+        report.imported, report.already_present
+    );
     Ok(())
 }

@@ -30,6 +30,8 @@ fn main() -> anyhow::Result<()> {
             Commands::Publisher(command) => cli::publisher(&config, command).await,
             Commands::CheckConfig => cli::check_config(&config),
             Commands::Replay(args) => cli::replay(&config, &args).await,
+            Commands::Export { output } => cli::export(&config, output.as_deref()).await,
+            Commands::Import { input } => cli::import(&config, &input).await,
         }
     })
 }

@@ -94,51 +94,65 @@ pub async fn on_event(
     jobs: &dyn NotificationStore,
     envelope: &Envelope<PublicationEvent>,
 ) -> Result<(), StoreError> {
-    let now = crate::now();
+    if let PublicationEvent::Retracted(e) = &envelope.payload {
+        return jobs.cancel_job(e.id, crate::now()).await;
+    }
+    if let Some(job) = job_of(log, envelope).await?
+        && jobs.create_job(&job, crate::now()).await?
+    {
+        tracing::info!(publication = %job.publication, communes = job.communes.len(), "notification job created");
+    }
+    Ok(())
+}
+
+/// The notification job an event calls for: a publication going live with
+/// `notify` (at once, or when its scheduled time comes, with its content as it
+/// is then). Scheduling, amendments, retractions and `notify: false`
+/// publications call for none.
+///
+/// # Errors
+/// `StoreError` when the log cannot be read.
+pub async fn job_of(
+    log: &dyn EventStore,
+    envelope: &Envelope<PublicationEvent>,
+) -> Result<Option<NewJob>, StoreError> {
     match &envelope.payload {
-        PublicationEvent::Published(e) if e.notify => {
-            let job = NewJob {
-                publication: e.id,
-                communes: e.content.communes.iter().copied().collect(),
-                priority: e.content.priority,
-                title: e.content.title.as_str().to_owned(),
-                body: excerpt(e.content.body.as_str()),
-                published_at: e.published_at,
-            };
-            if jobs.create_job(&job, now).await? {
-                tracing::info!(publication = %e.id, communes = job.communes.len(), "notification job created");
-            }
-        }
+        PublicationEvent::Published(e) if e.notify => Ok(Some(NewJob {
+            publication: e.id,
+            communes: e.content.communes.iter().copied().collect(),
+            priority: e.content.priority,
+            title: e.content.title.as_str().to_owned(),
+            body: excerpt(e.content.body.as_str()),
+            published_at: e.published_at,
+        })),
         PublicationEvent::WentLive(e) => {
-            // A scheduled publication notifies with its content as it is now.
+            // The state as this event leaves it, whether or not the log holds
+            // the event yet (an import asks before appending it).
             let events = log.read_stream(&StreamId::publication(e.id)).await?;
-            let state = events.iter().fold(Publication::Absent, |state, r| {
-                evolve(state, &r.envelope.payload)
-            });
-            if let Some(state) = state.state()
-                && state.notify
-                && let Status::Live { published_at } = state.status
-            {
-                let job = NewJob {
+            let before = events
+                .iter()
+                .filter(|r| r.envelope.stream_version < envelope.stream_version)
+                .fold(Publication::Absent, |state, r| {
+                    evolve(state, &r.envelope.payload)
+                });
+            let state = evolve(before, &envelope.payload);
+            Ok(state.state().and_then(|state| match state.status {
+                Status::Live { published_at } if state.notify => Some(NewJob {
                     publication: e.id,
                     communes: state.content.communes.iter().copied().collect(),
                     priority: state.content.priority,
                     title: state.content.title.as_str().to_owned(),
                     body: excerpt(state.content.body.as_str()),
                     published_at,
-                };
-                if jobs.create_job(&job, now).await? {
-                    tracing::info!(publication = %e.id, "notification job created for a scheduled publication");
-                }
-            }
+                }),
+                _ => None,
+            }))
         }
-        PublicationEvent::Retracted(e) => jobs.cancel_job(e.id, now).await?,
-        // Scheduling, amendments and notify=false publications never notify.
         PublicationEvent::Published(_)
         | PublicationEvent::Scheduled(_)
-        | PublicationEvent::Amended(_) => {}
+        | PublicationEvent::Amended(_)
+        | PublicationEvent::Retracted(_) => Ok(None),
     }
-    Ok(())
 }
 
 /// The name under which the embedded notifier saves its position in the log.

@@ -15,7 +15,9 @@ use uuid::Uuid;
 
 use crate::codec::CodecError;
 
+pub mod archive;
 pub mod sql;
+mod sql_archive;
 mod sql_push;
 
 /// An event as stored, with its place in the log.
@@ -398,6 +400,9 @@ pub enum JobStatus {
     Expired,
     /// The publication was retracted before every device was reached.
     Cancelled,
+    /// Brought in by `panneau import`: its devices were notified (or not) by the
+    /// deployment it came from; it is never sent here.
+    Imported,
 }
 
 impl JobStatus {
@@ -408,6 +413,7 @@ impl JobStatus {
             JobStatus::Done => "done",
             JobStatus::Expired => "expired",
             JobStatus::Cancelled => "cancelled",
+            JobStatus::Imported => "imported",
         }
     }
 
@@ -418,6 +424,7 @@ impl JobStatus {
             JobStatus::Done,
             JobStatus::Expired,
             JobStatus::Cancelled,
+            JobStatus::Imported,
         ]
         .into_iter()
         .find(|s| s.as_str() == text)

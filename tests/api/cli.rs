@@ -3,7 +3,9 @@
 use std::process::Command;
 use std::time::Duration;
 
-use crate::helpers::{database_url, notice, spawn_app};
+use serde_json::{Value, json};
+
+use crate::helpers::{database_url, notice, panneau_cli, spawn_app, succeeded};
 
 fn panneau(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_panneau"))
@@ -203,4 +205,63 @@ fn check_config_reads_backup_targets_from_the_file() {
         "{stderr}"
     );
     assert!(!stderr.contains("backup_targets.ovh"), "{stderr}");
+}
+
+/// A cut-short, foreign or corrupt file is refused whole, naming the line.
+#[tokio::test]
+async fn an_incomplete_or_foreign_export_is_refused_and_writes_nothing() {
+    let source = spawn_app().await;
+    let token = source.town_hall().await;
+    source.publish_ok(&token, &notice(&["35238"])).await;
+    let dir = source.dir.path();
+    let file = dir.join("export.jsonl");
+    succeeded(&panneau_cli(
+        &source.database_url,
+        &["export", file.to_str().unwrap()],
+    ));
+    let text = std::fs::read_to_string(&file).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    assert!(
+        lines[0].contains("\"kind\":\"header\"")
+            && lines.last().unwrap().contains("\"kind\":\"end\"")
+    );
+
+    let target_dir = tempfile::tempdir().unwrap();
+    let target_url = crate::helpers::database_url(target_dir.path());
+    let corrupt_envelope = {
+        let mut event: Value = serde_json::from_str(
+            lines
+                .iter()
+                .find(|l| l.contains("\"kind\":\"event\""))
+                .unwrap(),
+        )
+        .unwrap();
+        event["envelope"] = json!("AAAA");
+        let mut all: Vec<String> = lines.iter().map(|l| (*l).to_owned()).collect();
+        let at = all
+            .iter()
+            .position(|l| l.contains("\"kind\":\"event\""))
+            .unwrap();
+        all[at] = event.to_string();
+        (all.join("\n"), format!("line {}", at + 1))
+    };
+    for (name, content, expected) in [
+        ("truncated", lines[..lines.len() - 1].join("\n"), "incomplete".to_owned()),
+        ("no header", lines[1..].join("\n"), "line 1".to_owned()),
+        ("foreign", "{\"kind\":\"header\",\"format\":\"other\",\"version\":1,\"exported_at_us\":0,\"panneau_version\":\"x\"}".to_owned(), "not a Panneau export".to_owned()),
+        ("corrupt", corrupt_envelope.0, corrupt_envelope.1),
+    ] {
+        let bad = dir.join(format!("{name}.jsonl"));
+        std::fs::write(&bad, content).unwrap();
+        let output = panneau_cli(&target_url, &["import", bad.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success(), "{name} is refused");
+        assert!(stderr.contains(&expected), "{name}: {stderr}");
+    }
+    let listed = panneau_cli(&target_url, &["publisher", "list"]);
+    assert!(
+        listed.stdout.is_empty(),
+        "nothing was written: {}",
+        String::from_utf8_lossy(&listed.stdout)
+    );
 }

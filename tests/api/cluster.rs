@@ -556,3 +556,57 @@ async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() 
     assert!(job.sent >= (120 - concurrency) as u64);
     store.close().await;
 }
+
+#[tokio::test]
+async fn an_embedded_export_imported_into_the_cluster_is_served_there_and_never_notified() {
+    use crate::helpers::{panneau_cli, spawn_app, succeeded};
+
+    let source = spawn_app().await;
+    let token = source.town_hall().await;
+    let both = source
+        .publish_ok(&token, &notice(&["35238", "35051"]))
+        .await;
+    let rennes = source.publish_ok(&token, &notice(&["35238"])).await;
+    let file = source.dir.path().join("export.jsonl");
+    let file = file.to_str().unwrap();
+    succeeded(&panneau_cli(&source.database_url, &["export", file]));
+
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let imported = succeeded(&panneau_cli(&database.url(), &["import", file]));
+    assert!(
+        imported.contains("imported 1 publishers, 1 tokens, 2 events"),
+        "{imported}"
+    );
+    let nats = NatsServer::start();
+    let app = spawn_cluster_app(&database.url(), &nats.url()).await;
+    for (commune, expected) in [
+        ("35238", vec![rennes.clone(), both.clone()]),
+        ("35051", vec![both.clone()]),
+    ] {
+        assert!(
+            app.eventually(WAIT, || async { feed_of(&app, commune).await == expected })
+                .await,
+            "the cluster serves the imported feed of {commune}"
+        );
+    }
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    for id in [&both, &rennes] {
+        let id = panneau_domain::PublicationId::parse(id).unwrap();
+        let job = panneau::store::NotificationStore::job(&store, id)
+            .await
+            .unwrap()
+            .expect("an imported publication has its job, already settled");
+        assert_eq!(job.status, panneau::store::JobStatus::Imported);
+    }
+    store.close().await;
+    // The imported token publishes in the cluster.
+    let fresh = app.publish_ok(&token, &notice(&["35051"])).await;
+    assert!(
+        app.eventually(WAIT, || async {
+            feed_of(&app, "35051").await == vec![fresh.clone(), both.clone()]
+        })
+        .await
+    );
+}

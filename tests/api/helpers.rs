@@ -424,3 +424,22 @@ pub fn http_client() -> reqwest::Client {
     let _ = rustls::crypto::ring::default_provider().install_default();
     reqwest::Client::new()
 }
+
+/// Runs the `panneau` binary on `database_url`, as an operator would.
+pub fn panneau_cli(database_url: &str, args: &[&str]) -> std::process::Output {
+    std::process::Command::new(env!("CARGO_BIN_EXE_panneau"))
+        .args(args)
+        .env("PANNEAU_DATABASE_URL", database_url)
+        .env_remove("PANNEAU_CONFIG")
+        .env_remove("PANNEAU_NATS_URL")
+        .output()
+        .expect("the panneau binary runs")
+}
+
+/// Asserts that a `panneau` command succeeded and returns its standard error
+/// (where the commands report what they did).
+pub fn succeeded(output: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+    assert!(output.status.success(), "the command failed: {stderr}");
+    stderr
+}

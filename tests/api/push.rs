@@ -527,3 +527,122 @@ async fn a_job_that_could_not_start_in_time_is_dropped_not_sent_late() {
     assert_eq!(job.status, panneau::store::JobStatus::Expired);
     assert!(fake.received().is_empty());
 }
+
+/// `panneau export` then `panneau import` into another deployment: the same
+/// feeds, audit trail and working tokens there, and nobody notified again.
+#[tokio::test]
+async fn an_export_imported_elsewhere_serves_the_same_feeds_and_notifies_nobody_again() {
+    use crate::helpers::{panneau_cli, succeeded};
+
+    let fake = FakePush::start(true).await;
+    let source = app_with(&fake, None, None, |_| {}).await;
+    register(&source, "fcm", "source-device", &["35238"]).await;
+    let token = source.town_hall().await;
+    let mut alert = notice(&["35238", "35051"]);
+    alert["priority"] = json!("urgent");
+    let alert = source.publish_ok(&token, &alert).await;
+    assert_eq!(finished_job(&source, &alert).await.sent, 1);
+    let amended = source.publish_ok(&token, &notice(&["35238"])).await;
+    finished_job(&source, &amended).await;
+    let response = source
+        .amend(
+            &token,
+            &amended,
+            Some("\"1\""),
+            &json!({"title": "Reporté"}),
+        )
+        .await;
+    assert_eq!(response.status(), 200);
+    let retracted = source.publish_ok(&token, &notice(&["35051"])).await;
+    finished_job(&source, &retracted).await;
+    assert_eq!(source.retract(&token, &retracted).await.status(), 204);
+    let mut later = notice(&["35238"]);
+    later["publish_at"] = json!("2099-01-01T08:00:00Z");
+    let scheduled = source.publish_ok(&token, &later).await;
+    // A refusal, part of the audit trail.
+    assert_eq!(
+        source
+            .amend(
+                &token,
+                &alert,
+                Some("\"1\""),
+                &json!({"communes": ["29019"]})
+            )
+            .await
+            .status(),
+        403
+    );
+    let sent_by_source = fake.received().len();
+    assert_eq!(sent_by_source, 2, "the alert and the notice to Rennes");
+
+    let file = source.dir.path().join("export.jsonl");
+    let file = file.to_str().unwrap();
+    let exported = succeeded(&panneau_cli(&source.database_url, &["export", file]));
+    assert!(
+        exported.contains("4 events") || exported.contains(" events"),
+        "{exported}"
+    );
+
+    // Another deployment: imported before it first starts.
+    let target_dir = tempfile::tempdir().unwrap();
+    let target_url = crate::helpers::database_url(target_dir.path());
+    let imported = succeeded(&panneau_cli(&target_url, &["import", file]));
+    assert!(
+        imported.contains("already present: 0 publishers, 0 tokens, 0 events"),
+        "{imported}"
+    );
+    let mut target = app_with(&fake, Some(&target_url), None, |_| {}).await;
+    register(&target, "fcm", "target-device", &["35238", "35051"]).await;
+    // The notifier walks the whole imported log again with a device present.
+    target.restart().await;
+
+    for commune in ["35238", "35051"] {
+        let path = format!("/v1/communes/{commune}/feed");
+        let here: Value = source.get(&path).await.json().await.unwrap();
+        let there: Value = target.get(&path).await.json().await.unwrap();
+        assert_eq!(
+            here, there,
+            "the feed of {commune} is the same after the import"
+        );
+    }
+    assert_eq!(
+        target.feed_ids("35238").await,
+        [alert.clone(), amended.clone()],
+        "the urgent alert first"
+    );
+    let history = |app: &TestApp, id: &str| {
+        let request = app
+            .client
+            .get(app.url(&format!("/v1/publications/{id}/history")))
+            .bearer_auth(&token);
+        async move { request.send().await.unwrap().json::<Value>().await.unwrap() }
+    };
+    for id in [&alert, &amended, &retracted, &scheduled] {
+        assert_eq!(
+            history(&source, id).await,
+            history(&target, id).await,
+            "history of {id}"
+        );
+    }
+
+    // The imported token publishes there; only the new publication is sent.
+    let fresh = target.publish_ok(&token, &notice(&["35051"])).await;
+    assert_eq!(finished_job(&target, &fresh).await.sent, 1);
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let received = fake.received();
+    assert_eq!(
+        received.len(),
+        sent_by_source + 1,
+        "imported publications are never sent again"
+    );
+    assert_eq!(received.last().unwrap().token, "target-device");
+    assert_eq!(received.last().unwrap().publication, fresh);
+
+    // Importing again changes nothing.
+    target.stop().await;
+    let again = succeeded(&panneau_cli(&target_url, &["import", file]));
+    assert!(
+        again.contains("imported 0 publishers, 0 tokens, 0 events, 0 refusals"),
+        "{again}"
+    );
+}
