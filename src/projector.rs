@@ -50,7 +50,7 @@ pub async fn project(
 ) -> Result<Outcome, ReadModelError> {
     let key = publication_key(&envelope.payload.publication_id());
     loop {
-        let stored = store.get(&key).await?;
+        let stored = store.get_latest(&key).await?;
         let record: Option<PublicationState> = stored
             .as_ref()
             .map(|d| decode_document(&d.value))
@@ -96,14 +96,14 @@ pub async fn project_stats(
                 Err(other) => return Err(other),
             }
         }
-        None => match store.get(&owner).await? {
+        None => match store.get_latest(&owner).await? {
             Some(stored) => decode_document::<PublisherId>(&stored.value)?,
             None => return Ok(Outcome::Gap { expected: 1 }),
         },
     };
     let key = stats_key(&publisher, panneau_projections::stats::shard(&id));
     loop {
-        let stored = store.get(&key).await?;
+        let stored = store.get_latest(&key).await?;
         let mut stats: PublisherStats = match &stored {
             Some(d) => decode_document(&d.value)?,
             None => PublisherStats::default(),
@@ -147,7 +147,7 @@ async fn update_board(
 ) -> Result<(), ReadModelError> {
     let key = feed_key(commune);
     loop {
-        let stored = store.get(&key).await?;
+        let stored = store.get_latest(&key).await?;
         let mut board: FeedDocument = match &stored {
             Some(d) => decode_document(&d.value)?,
             None => FeedDocument::default(),

@@ -382,9 +382,11 @@ impl Relay {
             let wait = if failures == 0 {
                 Duration::from_secs(1)
             } else {
-                // Capped low: once the broker is back, the backlog drains
-                // within a couple of seconds.
-                Duration::from_millis(200 * 2u64.pow(failures.min(3)))
+                // Capped low: once the broker is back (a restarted cluster
+                // elects its stream leaders within seconds), the backlog drains
+                // at the next attempt. An attempt against a broker that is down
+                // costs one request.
+                Duration::from_millis(100 * 2u64.pow(failures.min(2)))
             };
             tokio::select! {
                 () = shutdown.cancelled() => return,
@@ -591,8 +593,10 @@ pub async fn run_projector(
                 Disposition::Later(Duration::from_millis(100))
             }
             Err(error) => {
+                // Soon: the broker's leaders come back within seconds of each
+                // other, and each event waits only for its own documents.
                 tracing::warn!(error = %error, stream = %envelope.stream_id, "cannot project; will retry");
-                Disposition::Later(Duration::from_secs(1))
+                Disposition::Later(Duration::from_millis(300))
             }
         }
     };

@@ -81,6 +81,14 @@ impl FeedStore for Generations {
         }))
     }
 
+    async fn get_latest(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
+        let (generation, store) = self.current();
+        Ok(store.get_latest(key).await?.map(|d| Versioned {
+            value: d.value,
+            revision: tag(generation, d.revision),
+        }))
+    }
+
     async fn put(
         &self,
         key: &str,

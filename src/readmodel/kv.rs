@@ -3,7 +3,9 @@
 
 use std::time::Duration;
 
-use async_nats::jetstream::kv::{self, CreateErrorKind, Operation, UpdateErrorKind};
+use async_nats::jetstream::kv::{self, Operation, UpdateError, UpdateErrorKind};
+use async_nats::jetstream::stream::LastRawMessageErrorKind;
+use async_nats::jetstream::{self, ErrorCode};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::stream::{self, BoxStream, StreamExt};
@@ -26,6 +28,32 @@ fn unavailable(error: impl std::fmt::Display) -> ReadModelError {
     ReadModelError::Unavailable(error.to_string())
 }
 
+/// Whether a compare-and-set failed because the key moved on. async-nats
+/// recognises only the server's error code 10071; nats-server 2.11 and later
+/// answer 10164 ("wrong last sequence", without the number) in clustered
+/// streams, which async-nats reports as a generic publish failure. Taken for an
+/// outage, every ordinary conflict between two projectors would cost a
+/// redelivery delay.
+fn is_wrong_last_sequence(error: &UpdateError) -> bool {
+    if error.kind() == UpdateErrorKind::WrongLastRevision {
+        return true;
+    }
+    let mut source = std::error::Error::source(error);
+    while let Some(cause) = source {
+        if let Some(js) = cause.downcast_ref::<jetstream::Error>()
+            && matches!(
+                js.error_code(),
+                ErrorCode::STREAM_WRONG_LAST_SEQUENCE
+                    | ErrorCode::STREAM_WRONG_LAST_SEQUENCE_CONSTANT
+            )
+        {
+            return true;
+        }
+        source = cause.source();
+    }
+    false
+}
+
 #[async_trait]
 impl FeedStore for KvFeedStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
@@ -38,31 +66,51 @@ impl FeedStore for KvFeedStore {
             }))
     }
 
+    /// A read of the stream's leader (`STREAM.MSG.GET`), where `get` is a
+    /// direct get that any replica, up to date or not, may answer.
+    async fn get_latest(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
+        let subject = format!("{}{key}", self.kv.prefix);
+        match self
+            .kv
+            .stream
+            .get_last_raw_message_by_subject(&subject)
+            .await
+        {
+            Ok(message) => {
+                let removed = message
+                    .headers
+                    .get("KV-Operation")
+                    .is_some_and(|op| matches!(op.as_str(), "DEL" | "PURGE"));
+                Ok((!removed).then_some(Versioned {
+                    value: message.payload,
+                    revision: message.sequence,
+                }))
+            }
+            Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Compare-and-set on the key's last sequence (0: no message yet; keys of
+    /// these buckets are never deleted). Not `kv.create`: when the key exists,
+    /// it asks a replica whether it was deleted, and a lagging replica's "not
+    /// found" turns the conflict into an opaque error.
     async fn put(
         &self,
         key: &str,
         value: Bytes,
         expected: Option<u64>,
     ) -> Result<u64, ReadModelError> {
-        match expected {
-            None => self
-                .kv
-                .create(key, value)
-                .await
-                .map_err(|e| match e.kind() {
-                    CreateErrorKind::AlreadyExists => ReadModelError::Conflict,
-                    _ => unavailable(e),
-                }),
-            Some(revision) => {
-                self.kv
-                    .update(key, value, revision)
-                    .await
-                    .map_err(|e| match e.kind() {
-                        UpdateErrorKind::WrongLastRevision => ReadModelError::Conflict,
-                        _ => unavailable(e),
-                    })
-            }
-        }
+        self.kv
+            .update(key, value, expected.unwrap_or(0))
+            .await
+            .map_err(|e| {
+                if is_wrong_last_sequence(&e) {
+                    ReadModelError::Conflict
+                } else {
+                    unavailable(e)
+                }
+            })
     }
 
     async fn keys(&self) -> Result<Vec<String>, ReadModelError> {
@@ -139,5 +187,32 @@ impl FeedStore for KvFeedStore {
             }
         })
         .boxed()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use async_nats::jetstream::context::{PublishError, PublishErrorKind};
+
+    use super::*;
+
+    /// The answer of a clustered stream (nats-server ≥ 2.11) to a failed
+    /// compare-and-set, as async-nats hands it over: a generic publish error.
+    fn publish_error(err_code: u64) -> UpdateError {
+        let answer: jetstream::Error = serde_json::from_value(serde_json::json!({
+            "code": 400, "err_code": err_code, "description": "wrong last sequence"
+        }))
+        .expect("a JetStream error answer");
+        UpdateError::from(PublishError::with_source(PublishErrorKind::Other, answer))
+    }
+
+    #[test]
+    fn both_wrong_last_sequence_codes_are_conflicts_and_nothing_else_is() {
+        assert!(is_wrong_last_sequence(&publish_error(10164)));
+        assert!(is_wrong_last_sequence(&publish_error(10071)));
+        assert!(!is_wrong_last_sequence(&publish_error(10077)));
+        assert!(!is_wrong_last_sequence(&UpdateError::new(
+            UpdateErrorKind::TimedOut
+        )));
     }
 }

@@ -63,6 +63,18 @@ pub trait FeedStore: Send + Sync + 'static {
     /// `Unavailable`.
     async fn get(&self, key: &str) -> Result<Option<Versioned>, ReadModelError>;
 
+    /// The latest committed revision of a key, read before a compare-and-set.
+    /// `get` may be answered by a replica that lags behind (cheap, right for
+    /// readers, who follow changes anyway); this asks the replica that orders
+    /// the writes, so that a projector does not loop on conflicts, or wait for a
+    /// gap that is not there, while a replica catches up after a broker restart.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    async fn get_latest(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
+        self.get(key).await
+    }
+
     /// Writes `value` if the key is at revision `expected` (`None`: absent), and
     /// returns the new revision.
     ///

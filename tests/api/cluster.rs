@@ -610,3 +610,44 @@ async fn an_embedded_export_imported_into_the_cluster_is_served_there_and_never_
         .await
     );
 }
+
+/// Compare-and-set on the KV bucket: a moved key is a `Conflict` (retried at
+/// once by the projector), never an outage (retried after a delay), whatever
+/// error code the server answers it with; `get_latest` reads what was written.
+#[tokio::test]
+async fn a_compare_and_set_on_a_moved_feed_document_is_a_conflict() {
+    use panneau::readmodel::kv::KvFeedStore;
+    use panneau::readmodel::{FeedStore, ReadModelError};
+
+    let nats = NatsServer::start();
+    let client = js::connect(&nats.url()).await.unwrap();
+    let context = async_nats::jetstream::new(client);
+    let kv = context
+        .create_key_value(js::bucket_config(panneau::readmodel::Model::Feeds, 7, 1))
+        .await
+        .unwrap();
+    let store = KvFeedStore::new(kv);
+    assert!(store.get_latest("feed.35238").await.unwrap().is_none());
+    let first = store
+        .put("feed.35238", "a".into(), None)
+        .await
+        .expect("created");
+    assert!(matches!(
+        store.put("feed.35238", "b".into(), None).await,
+        Err(ReadModelError::Conflict)
+    ));
+    let second = store
+        .put("feed.35238", "c".into(), Some(first))
+        .await
+        .expect("updated at its revision");
+    assert!(matches!(
+        store.put("feed.35238", "d".into(), Some(first)).await,
+        Err(ReadModelError::Conflict)
+    ));
+    let latest = store.get_latest("feed.35238").await.unwrap().unwrap();
+    assert_eq!(
+        (latest.value.as_ref(), latest.revision),
+        (&b"c"[..], second)
+    );
+    assert_eq!(store.get("feed.35238").await.unwrap(), Some(latest));
+}
