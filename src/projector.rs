@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::codec::{decode_document, encode_document};
 use crate::readmodel::{
-    FeedStore, Model, ReadModelError, feed_key, owner_key, publication_key, stats_key,
+    FeedStore, Model, ReadModelError, Versioned, feed_key, owner_key, publication_key, stats_key,
 };
 use crate::store::{EventStore, RecordedEvent, StoreError};
 
@@ -50,6 +50,10 @@ pub async fn project(
 ) -> Result<Outcome, ReadModelError> {
     let key = publication_key(&envelope.payload.publication_id());
     loop {
+        // The record decides duplicate, gap or apply before any feed is
+        // touched: a lagging replica's older record would have a redelivered
+        // event re-applied to the feeds over newer content, so this read asks
+        // the leader.
         let stored = store.get_latest(&key).await?;
         let record: Option<PublicationState> = stored
             .as_ref()
@@ -96,14 +100,19 @@ pub async fn project_stats(
                 Err(other) => return Err(other),
             }
         }
-        None => match store.get_latest(&owner).await? {
+        // Written once and never changed: only an absence needs the leader's word.
+        None => match read(store, &owner, false).await? {
             Some(stored) => decode_document::<PublisherId>(&stored.value)?,
-            None => return Ok(Outcome::Gap { expected: 1 }),
+            None => match store.get_latest(&owner).await? {
+                Some(stored) => decode_document::<PublisherId>(&stored.value)?,
+                None => return Ok(Outcome::Gap { expected: 1 }),
+            },
         },
     };
     let key = stats_key(&publisher, panneau_projections::stats::shard(&id));
+    let mut latest = false;
     loop {
-        let stored = store.get_latest(&key).await?;
+        let stored = read(store, &key, latest).await?;
         let mut stats: PublisherStats = match &stored {
             Some(d) => decode_document(&d.value)?,
             None => PublisherStats::default(),
@@ -116,7 +125,7 @@ pub async fn project_stats(
         let value = Bytes::from(encode_document(&stats));
         match store.put(&key, value, stored.map(|d| d.revision)).await {
             Ok(_) => return Ok(Outcome::Applied),
-            Err(ReadModelError::Conflict) => {}
+            Err(ReadModelError::Conflict) => latest = true,
             Err(other) => return Err(other),
         }
     }
@@ -139,6 +148,21 @@ impl Model {
     }
 }
 
+/// Reads a document before a compare-and-set: the cheap read (any replica)
+/// first, the leader's after a conflict, so that a lagging replica costs one
+/// extra round trip instead of a loop of conflicts.
+async fn read(
+    store: &dyn FeedStore,
+    key: &str,
+    latest: bool,
+) -> Result<Option<Versioned>, ReadModelError> {
+    if latest {
+        store.get_latest(key).await
+    } else {
+        store.get(key).await
+    }
+}
+
 async fn update_board(
     store: &dyn FeedStore,
     commune: &InseeCode,
@@ -146,8 +170,9 @@ async fn update_board(
     at: Timestamp,
 ) -> Result<(), ReadModelError> {
     let key = feed_key(commune);
+    let mut latest = false;
     loop {
-        let stored = store.get_latest(&key).await?;
+        let stored = read(store, &key, latest).await?;
         let mut board: FeedDocument = match &stored {
             Some(d) => decode_document(&d.value)?,
             None => FeedDocument::default(),
@@ -160,7 +185,7 @@ async fn update_board(
         let value = Bytes::from(encode_document(&board));
         match store.put(&key, value, stored.map(|d| d.revision)).await {
             Ok(_) => return Ok(()),
-            Err(ReadModelError::Conflict) => {}
+            Err(ReadModelError::Conflict) => latest = true,
             Err(other) => return Err(other),
         }
     }

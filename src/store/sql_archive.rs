@@ -25,7 +25,8 @@ fn optional_uuid(row: &AnyRow, name: &str) -> Result<Option<Uuid>, StoreError> {
 
 impl SqlStore {
     /// Hands every publisher, token, event, refusal and view count to `emit`,
-    /// from one read transaction, events in log order.
+    /// from one read transaction; events stream by stream, each in version
+    /// order (positions are no order across Galera nodes; versions are).
     pub(super) async fn export_rows(
         &self,
         emit: &mut (dyn FnMut(Record) -> Result<(), ArchiveError> + Send),
@@ -62,7 +63,7 @@ impl SqlStore {
         {
             let mut events = sqlx::query(
                 "SELECT stream_id, stream_version, event_id, event_type, schema_version, publisher_id, envelope \
-                 FROM events ORDER BY position",
+                 FROM events ORDER BY stream_id, stream_version",
             )
             .fetch(&mut *tx);
             while let Some(row) = events.try_next().await.map_err(err)? {
