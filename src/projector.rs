@@ -110,6 +110,7 @@ pub async fn project_stats(
         },
     };
     let key = stats_key(&publisher, panneau_projections::stats::shard(&id));
+    let _one_at_a_time = document_lock(&key).lock().await;
     let mut latest = false;
     loop {
         let stored = read(store, &key, latest).await?;
@@ -148,6 +149,19 @@ impl Model {
     }
 }
 
+/// One read-modify-write at a time per document in this process. The
+/// projector handles many events at once, and the events of one commune would
+/// otherwise race each other's compare-and-set: after a broker outage, the
+/// backlog for a few busy communes became a storm of conflicts that delayed
+/// convergence by seconds. Between instances, compare-and-set still decides.
+fn document_lock(key: &str) -> &'static tokio::sync::Mutex<()> {
+    use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
+    static LOCKS: std::sync::LazyLock<Vec<tokio::sync::Mutex<()>>> =
+        std::sync::LazyLock::new(|| (0..256).map(|_| tokio::sync::Mutex::new(())).collect());
+    let hash = BuildHasherDefault::<DefaultHasher>::default().hash_one(key);
+    &LOCKS[usize::try_from(hash % 256).expect("below 256")]
+}
+
 /// Reads a document before a compare-and-set: the cheap read (any replica)
 /// first, the leader's after a conflict, so that a lagging replica costs one
 /// extra round trip instead of a loop of conflicts.
@@ -170,6 +184,7 @@ async fn update_board(
     at: Timestamp,
 ) -> Result<(), ReadModelError> {
     let key = feed_key(commune);
+    let _one_at_a_time = document_lock(&key).lock().await;
     let mut latest = false;
     loop {
         let stored = read(store, &key, latest).await?;

@@ -162,9 +162,10 @@ pub enum ArchiveError {
     /// The archive could not be written.
     #[error("cannot write the archive")]
     Write(#[source] std::io::Error),
-    /// A record is malformed or inconsistent; nothing was imported.
-    #[error("line {line}: {reason}")]
-    Invalid { line: u64, reason: String },
+    /// A record is malformed or inconsistent (`panneau import` checks every
+    /// record before writing any, so this means the file changed meanwhile).
+    #[error("{0}")]
+    Invalid(String),
     /// The target already holds something else under an id of the archive.
     #[error("{0}")]
     Conflict(String),
@@ -320,11 +321,9 @@ async fn import_event(
 ) -> Result<bool, ArchiveError> {
     let envelope = row
         .decode()
-        .map_err(|reason| ArchiveError::Invalid { line: 0, reason })?;
-    let stream = StreamId::parse(&row.stream_id).map_err(|e| ArchiveError::Invalid {
-        line: 0,
-        reason: format!("stream id: {e}"),
-    })?;
+        .map_err(|reason| ArchiveError::Invalid(format!("event {}: {reason}", row.event_id)))?;
+    let stream = StreamId::parse(&row.stream_id)
+        .map_err(|e| ArchiveError::Invalid(format!("event {}: stream id: {e}", row.event_id)))?;
     let held = store.read_stream(&stream).await?;
     if let Some(there) = held
         .iter()
