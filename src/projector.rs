@@ -9,6 +9,7 @@
 //! [`run_embedded`] feeds it from the in-process bus, after rebuilding the whole
 //! read model from the SQLite log at start.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -19,7 +20,7 @@ use panneau_domain::{
 };
 use panneau_projections::stats::creator;
 use panneau_projections::{FeedChange, FeedDocument, PublisherStats, StatsStep, Step, step};
-use tokio::sync::broadcast;
+use tokio::sync::{broadcast, oneshot};
 use tokio_util::sync::CancellationToken;
 
 use crate::codec::{decode_document, encode_document};
@@ -149,11 +150,9 @@ impl Model {
     }
 }
 
-/// One read-modify-write at a time per document in this process. The
-/// projector handles many events at once, and the events of one commune would
-/// otherwise race each other's compare-and-set: after a broker outage, the
-/// backlog for a few busy communes became a storm of conflicts that delayed
-/// convergence by seconds. Between instances, compare-and-set still decides.
+/// One read-modify-write at a time per statistics document in this process
+/// (the events of one publisher would otherwise race each other's
+/// compare-and-set); between instances, compare-and-set still decides.
 fn document_lock(key: &str) -> &'static tokio::sync::Mutex<()> {
     use std::hash::{BuildHasher, BuildHasherDefault, DefaultHasher};
     static LOCKS: std::sync::LazyLock<Vec<tokio::sync::Mutex<()>>> =
@@ -184,21 +183,119 @@ async fn update_board(
     at: Timestamp,
 ) -> Result<(), ReadModelError> {
     let key = feed_key(commune);
-    let _one_at_a_time = document_lock(&key).lock().await;
+    // The address of the store tells apart the stores of instances sharing
+    // this process (tests) and the generations of a replay.
+    let slot = (std::ptr::from_ref(store).cast::<()>() as usize, key.clone());
+    let joined = {
+        let mut writing = WRITING.lock().expect("feed writers lock poisoned");
+        if let Some(batch) = writing.get_mut(&slot) {
+            let (done, result) = oneshot::channel();
+            batch.changes.push((change.clone(), at));
+            batch.done.push(done);
+            Some(result)
+        } else {
+            writing.insert(slot.clone(), Batch::default());
+            None
+        }
+    };
+    if let Some(result) = joined {
+        return result.await.unwrap_or_else(|_| {
+            Err(ReadModelError::Unavailable(
+                "the writer of the feed stopped".to_owned(),
+            ))
+        });
+    }
+    // This task writes the document: its own change first, then, write after
+    // write, every change that arrived meanwhile.
+    let mut writer = Writer {
+        slot,
+        finished: false,
+    };
+    let mut changes = vec![(change.clone(), at)];
+    let mut done: Vec<oneshot::Sender<Result<(), ReadModelError>>> = Vec::new();
+    let mut own = None;
+    loop {
+        let result = write_board(store, &key, &changes).await;
+        for waiter in done.drain(..) {
+            let _ = waiter.send(match &result {
+                Ok(()) => Ok(()),
+                Err(error) => Err(ReadModelError::Unavailable(error.to_string())),
+            });
+        }
+        let failed = result.is_err();
+        own.get_or_insert(result);
+        let mut writing = WRITING.lock().expect("feed writers lock poisoned");
+        let batch = writing
+            .get_mut(&writer.slot)
+            .expect("a writer's slot stays until it leaves");
+        if batch.changes.is_empty() || failed {
+            // Waiters left behind after a failure get an error when their
+            // senders drop with the slot, and try again later.
+            writing.remove(&writer.slot);
+            writer.finished = true;
+            break;
+        }
+        changes = std::mem::take(&mut batch.changes);
+        done = std::mem::take(&mut batch.done);
+    }
+    own.expect("written at least once")
+}
+
+/// Changes to one feed document waiting for its writer.
+#[derive(Default)]
+struct Batch {
+    changes: Vec<(FeedChange, Timestamp)>,
+    done: Vec<oneshot::Sender<Result<(), ReadModelError>>>,
+}
+
+/// The feed documents being written by this process, with the changes that
+/// arrived while they were: the projector handles many events at once, and
+/// after a broker outage the backlog of a few busy communes raced in
+/// compare-and-set conflicts for seconds. Now the writer of a document takes
+/// every waiting change into its next write, one write for many events; between
+/// instances, compare-and-set still decides.
+static WRITING: std::sync::LazyLock<std::sync::Mutex<HashMap<(usize, String), Batch>>> =
+    std::sync::LazyLock::new(Default::default);
+
+/// Frees a document's slot if its writer is dropped midway (shutdown): the
+/// waiting changes' handlers get an error and their events come again.
+struct Writer {
+    slot: (usize, String),
+    finished: bool,
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if !self.finished
+            && let Ok(mut writing) = WRITING.lock()
+        {
+            writing.remove(&self.slot);
+        }
+    }
+}
+
+/// Applies `changes` to one feed document with compare-and-set.
+async fn write_board(
+    store: &dyn FeedStore,
+    key: &str,
+    changes: &[(FeedChange, Timestamp)],
+) -> Result<(), ReadModelError> {
     let mut latest = false;
     loop {
-        let stored = read(store, &key, latest).await?;
+        let stored = read(store, key, latest).await?;
         let mut board: FeedDocument = match &stored {
             Some(d) => decode_document(&d.value)?,
             None => FeedDocument::default(),
         };
         let before = board.clone();
-        board.apply(change, at);
+        for (change, at) in changes {
+            board.apply(change, *at);
+        }
         if stored.is_some() && board == before {
             return Ok(());
         }
         let value = Bytes::from(encode_document(&board));
-        match store.put(&key, value, stored.map(|d| d.revision)).await {
+        match store.put(key, value, stored.map(|d| d.revision)).await {
             Ok(_) => return Ok(()),
             Err(ReadModelError::Conflict) => latest = true,
             Err(other) => return Err(other),
@@ -299,5 +396,115 @@ pub async fn run_embedded(
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use async_trait::async_trait;
+    use futures_util::stream::BoxStream;
+    use panneau_domain::{
+        Actor, Attachments, Body, Category, CommuneSet, Content, EventId, Priority, PublicationId,
+        PublicationPublished, PublisherId, StreamId, Title, TokenId, VisibilityWindow,
+    };
+    use uuid::Uuid;
+
+    use super::*;
+    use crate::readmodel::{Change, MemoryFeedStore};
+
+    /// A store whose writes take a while and are counted.
+    #[derive(Default)]
+    struct Slow {
+        inner: MemoryFeedStore,
+        feed_puts: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl FeedStore for Slow {
+        async fn get(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
+            self.inner.get(key).await
+        }
+
+        async fn put(
+            &self,
+            key: &str,
+            value: Bytes,
+            expected: Option<u64>,
+        ) -> Result<u64, ReadModelError> {
+            if key.starts_with("feed.") {
+                self.feed_puts.fetch_add(1, Ordering::Relaxed);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            self.inner.put(key, value, expected).await
+        }
+
+        async fn keys(&self) -> Result<Vec<String>, ReadModelError> {
+            self.inner.keys().await
+        }
+
+        fn watch(&self) -> BoxStream<'static, Change> {
+            self.inner.watch()
+        }
+    }
+
+    fn published(n: u128, commune: &str) -> Envelope<PublicationEvent> {
+        let id =
+            PublicationId::new(Uuid::from_u128((0x0193_6f5e_0000_7c3b_9a6e << 48) | n)).unwrap();
+        let when = Timestamp::from_unix_micros(1_790_000_000_000_000 + i64::try_from(n).unwrap());
+        let payload = PublicationEvent::Published(PublicationPublished {
+            id,
+            publisher: PublisherId::new(Uuid::from_u128(1)),
+            author: TokenId::new(Uuid::from_u128(2)),
+            content: Content {
+                communes: CommuneSet::new(vec![InseeCode::parse(commune).unwrap()]).unwrap(),
+                title: Title::parse("Marché de Noël").unwrap(),
+                body: Body::parse("Place de la mairie, samedi de 10 h à 18 h.").unwrap(),
+                category: Category::Event,
+                priority: Priority::Normal,
+                window: VisibilityWindow::default(),
+                attachments: Attachments::default(),
+            },
+            notify: true,
+            published_at: when,
+        });
+        Envelope {
+            event_id: EventId::new(Uuid::now_v7()),
+            stream_id: StreamId::publication(id),
+            stream_version: 1,
+            event_type: payload.event_type(),
+            schema_version: payload.schema_version(),
+            occurred_at: when,
+            recorded_at: when,
+            actor: Actor::System {
+                component: "test".into(),
+            },
+            request_id: None,
+            payload,
+        }
+    }
+
+    /// A backlog for one commune, projected concurrently, is written in a few
+    /// batched writes of its feed, and every publication is on it.
+    #[tokio::test]
+    async fn concurrent_events_for_one_feed_share_its_writes() {
+        let store = Slow::default();
+        let events: Vec<_> = (1..=40).map(|n| published(n, "35238")).collect();
+        let outcomes =
+            futures_util::future::join_all(events.iter().map(|e| project(&store, e))).await;
+        assert!(outcomes.iter().all(|o| matches!(o, Ok(Outcome::Applied))));
+        let feed = store.inner.get("feed.35238").await.unwrap().unwrap();
+        let board: FeedDocument = decode_document(&feed.value).unwrap();
+        assert_eq!(
+            board.entries().len(),
+            40,
+            "every publication is on the feed"
+        );
+        let puts = store.feed_puts.load(Ordering::Relaxed);
+        assert!(
+            puts <= 5,
+            "40 events for one feed cost {puts} writes of it (one at a time would cost 40)"
+        );
     }
 }

@@ -24,6 +24,14 @@ impl KvFeedStore {
     }
 }
 
+/// How long a read waits for its answer. A request sent while a stream has no
+/// leader (the broker restarting) is never answered: it is asked again soon
+/// rather than after the client's default five seconds.
+const READ_TIMEOUT: Duration = Duration::from_secs(1);
+/// The same for a compare-and-set, whose acknowledgement waits for an fsync on
+/// a quorum of replicas.
+const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+
 fn unavailable(error: impl std::fmt::Display) -> ReadModelError {
     ReadModelError::Unavailable(error.to_string())
 }
@@ -57,7 +65,10 @@ fn is_wrong_last_sequence(error: &UpdateError) -> bool {
 #[async_trait]
 impl FeedStore for KvFeedStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
-        let entry = self.kv.entry(key).await.map_err(unavailable)?;
+        let entry = tokio::time::timeout(READ_TIMEOUT, self.kv.entry(key))
+            .await
+            .map_err(unavailable)?
+            .map_err(unavailable)?;
         Ok(entry
             .filter(|e| e.operation == Operation::Put)
             .map(|e| Versioned {
@@ -70,12 +81,13 @@ impl FeedStore for KvFeedStore {
     /// direct get that any replica, up to date or not, may answer.
     async fn get_latest(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
         let subject = format!("{}{key}", self.kv.prefix);
-        match self
-            .kv
-            .stream
-            .get_last_raw_message_by_subject(&subject)
-            .await
-        {
+        let answer = tokio::time::timeout(
+            READ_TIMEOUT,
+            self.kv.stream.get_last_raw_message_by_subject(&subject),
+        )
+        .await
+        .map_err(unavailable)?;
+        match answer {
             Ok(message) => {
                 let removed = message
                     .headers
@@ -101,16 +113,22 @@ impl FeedStore for KvFeedStore {
         value: Bytes,
         expected: Option<u64>,
     ) -> Result<u64, ReadModelError> {
-        self.kv
-            .update(key, value, expected.unwrap_or(0))
-            .await
-            .map_err(|e| {
-                if is_wrong_last_sequence(&e) {
-                    ReadModelError::Conflict
-                } else {
-                    unavailable(e)
-                }
-            })
+        // A write whose acknowledgement does not come in time may still have
+        // been applied: the caller reads again and finds it (a conflict, then
+        // a duplicate), so giving up early is safe.
+        tokio::time::timeout(
+            WRITE_TIMEOUT,
+            self.kv.update(key, value, expected.unwrap_or(0)),
+        )
+        .await
+        .map_err(unavailable)?
+        .map_err(|e| {
+            if is_wrong_last_sequence(&e) {
+                ReadModelError::Conflict
+            } else {
+                unavailable(e)
+            }
+        })
     }
 
     async fn keys(&self) -> Result<Vec<String>, ReadModelError> {
