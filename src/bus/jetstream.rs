@@ -107,6 +107,12 @@ fn parse_version(text: &str) -> Option<(u64, u64, u64)> {
 ///
 /// # Errors
 /// `Connect` when the server cannot be reached; `ServerTooOld`.
+/// Counts the connections made to the broker by this process: a KV watch
+/// subscribes again after each one (see `KvFeedStore::watch`), since the
+/// consumer behind it may not have survived what broke the connection.
+pub static CONNECTIONS: std::sync::LazyLock<tokio::sync::watch::Sender<u64>> =
+    std::sync::LazyLock::new(|| tokio::sync::watch::channel(0).0);
+
 pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
     // A cluster is given as a comma-separated list of its servers.
     let servers = url
@@ -137,7 +143,10 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
         .event_callback(|event| async move {
             match event {
                 async_nats::Event::Disconnected => tracing::warn!("disconnected from NATS"),
-                async_nats::Event::Connected => tracing::info!("connected to NATS"),
+                async_nats::Event::Connected => {
+                    tracing::info!("connected to NATS");
+                    CONNECTIONS.send_modify(|n| *n += 1);
+                }
                 other => tracing::debug!(event = %other, "NATS event"),
             }
         })

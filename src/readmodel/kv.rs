@@ -151,12 +151,16 @@ impl FeedStore for KvFeedStore {
             watch: Option<kv::Watch>,
             last_revision: Option<u64>,
             pending_reset: bool,
+            connections: tokio::sync::watch::Receiver<u64>,
         }
+        let mut connections = crate::bus::jetstream::CONNECTIONS.subscribe();
+        connections.mark_unchanged();
         let state = State {
             kv: self.kv.clone(),
             watch: None,
             last_revision: None,
             pending_reset: false,
+            connections,
         };
         stream::unfold(state, |mut state| async move {
             loop {
@@ -181,7 +185,20 @@ impl FeedStore for KvFeedStore {
                     }
                     continue;
                 };
-                match current.next().await {
+                // After a reconnection, subscribe again: when the whole broker
+                // restarted, the watch's consumer is gone, and it could take
+                // long to notice.
+                let next = tokio::select! {
+                    next = current.next() => next,
+                    changed = state.connections.changed() => {
+                        if changed.is_ok() {
+                            tracing::info!("reconnected to NATS; watching the feed bucket again");
+                            state.watch = None;
+                        }
+                        continue;
+                    }
+                };
+                match next {
                     Some(Ok(entry)) => {
                         state.last_revision = Some(entry.revision);
                         let change = match entry.operation {
