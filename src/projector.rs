@@ -102,7 +102,7 @@ pub async fn project_stats(
             }
         }
         // Written once and never changed: only an absence needs the leader's word.
-        None => match read(store, &owner, false).await? {
+        None => match store.get(&owner).await? {
             Some(stored) => decode_document::<PublisherId>(&stored.value)?,
             None => match store.get_latest(&owner).await? {
                 Some(stored) => decode_document::<PublisherId>(&stored.value)?,

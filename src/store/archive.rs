@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use uuid::Uuid;
 
 use super::sql::SqlStore;
-use super::{Append, EventStore, StoreError};
+use super::{Append, EventStore, JobStatus, StoreError};
 use crate::codec::decode_event;
 
 /// Names the format in the header.
@@ -338,7 +338,7 @@ async fn import_event(
         )));
     }
     if let Some(job) = crate::notifier::job_of(store, &envelope).await? {
-        store.create_imported_job(&job, now).await?;
+        store.insert_job(&job, now, JobStatus::Imported).await?;
     }
     let append = Append {
         stream,

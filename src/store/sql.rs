@@ -282,6 +282,16 @@ impl SqlStore {
         }
     }
 
+    /// `INSERT` into `table`, doing nothing when a key is taken (the values are
+    /// bound, the table and columns are constants).
+    pub(super) fn insert_ignore(&self, table_and_columns: &str) -> sqlx::AssertSqlSafe<String> {
+        let verb = match self.dialect {
+            Dialect::Sqlite => "INSERT OR IGNORE",
+            Dialect::MariaDb => "INSERT IGNORE",
+        };
+        sqlx::AssertSqlSafe(format!("{verb} INTO {table_and_columns}"))
+    }
+
     /// Runs the pending migrations.
     ///
     /// # Errors

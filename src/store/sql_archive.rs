@@ -7,11 +7,11 @@ use futures_util::TryStreamExt;
 use sqlx::any::AnyRow;
 use uuid::Uuid;
 
+use super::StoreError;
 use super::archive::{
     ArchiveError, EventRow, PublisherRow, Record, RefusalRow, TokenRow, ViewsRow,
 };
 use super::sql::{Dialect, SqlStore, column, uuid_bytes, uuid_column};
-use super::{NewJob, StoreError};
 
 fn err(error: sqlx::Error) -> StoreError {
     StoreError::from_sqlx(error)
@@ -115,16 +115,6 @@ impl SqlStore {
         Ok(())
     }
 
-    /// `INSERT` into `table`, doing nothing when a key is taken (the values are
-    /// bound, the table and columns are constants).
-    fn insert_ignore(&self, table_and_columns: &str) -> sqlx::AssertSqlSafe<String> {
-        let verb = match self.dialect {
-            Dialect::Sqlite => "INSERT OR IGNORE",
-            Dialect::MariaDb => "INSERT IGNORE",
-        };
-        sqlx::AssertSqlSafe(format!("{verb} INTO {table_and_columns}"))
-    }
-
     /// Returns whether the publisher was new.
     pub(super) async fn import_publisher(&self, row: &PublisherRow) -> Result<bool, ArchiveError> {
         let done =
@@ -217,30 +207,5 @@ impl SqlStore {
             .await
             .map_err(err)?;
         Ok(done.rows_affected() > 0)
-    }
-
-    /// Records the notification job of an imported publication as already
-    /// finished (`imported`), so that no notifier ever sends it.
-    pub(super) async fn create_imported_job(
-        &self,
-        job: &NewJob,
-        now: panneau_domain::Timestamp,
-    ) -> Result<(), StoreError> {
-        sqlx::query(self.insert_ignore(
-            "notification_jobs (publication_id, communes, priority, title, body, published_at, \
-             created_at, status, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, 'imported', ?)",
-        ))
-        .bind(uuid_bytes(job.publication.as_uuid()))
-        .bind(serde_json::to_string(&job.communes).expect("codes serialise"))
-        .bind(job.priority.as_str())
-        .bind(job.title.clone())
-        .bind(job.body.clone())
-        .bind(job.published_at.as_unix_micros())
-        .bind(now.as_unix_micros())
-        .bind(now.as_unix_micros())
-        .execute(&self.pool)
-        .await
-        .map_err(err)?;
-        Ok(())
     }
 }

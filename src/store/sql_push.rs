@@ -252,32 +252,41 @@ fn job_from_row(row: &AnyRow) -> Result<NotificationJob, StoreError> {
 const JOB_COLUMNS: &str = "publication_id, communes, priority, title, body, published_at, created_at, status, \
                            commune_index, last_device, sent, failed, disabled";
 
+impl SqlStore {
+    /// Inserts the notification job of a publication in `status`, unless it
+    /// has one: `pending` for the notifier, `imported` (finished at once, never
+    /// sent) for `panneau import`. Returns whether it was new.
+    pub(super) async fn insert_job(
+        &self,
+        job: &NewJob,
+        now: Timestamp,
+        status: JobStatus,
+    ) -> Result<bool, StoreError> {
+        let inserted = sqlx::query(self.insert_ignore(
+            "notification_jobs (publication_id, communes, priority, title, body, published_at, \
+             created_at, status, finished_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        ))
+        .bind(uuid_bytes(job.publication.as_uuid()))
+        .bind(serde_json::to_string(&job.communes).expect("codes serialise"))
+        .bind(job.priority.as_str())
+        .bind(job.title.clone())
+        .bind(job.body.clone())
+        .bind(job.published_at.as_unix_micros())
+        .bind(now.as_unix_micros())
+        .bind(status.as_str())
+        .bind((status != JobStatus::Pending).then_some(now.as_unix_micros()))
+        .execute(&self.pool)
+        .await
+        .map_err(err)?
+        .rows_affected();
+        Ok(inserted > 0)
+    }
+}
+
 #[async_trait]
 impl NotificationStore for SqlStore {
     async fn create_job(&self, job: &NewJob, now: Timestamp) -> Result<bool, StoreError> {
-        let sql = match self.dialect {
-            Dialect::Sqlite => {
-                "INSERT OR IGNORE INTO notification_jobs (publication_id, communes, priority, title, body, \
-                 published_at, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')"
-            }
-            Dialect::MariaDb => {
-                "INSERT IGNORE INTO notification_jobs (publication_id, communes, priority, title, body, \
-                 published_at, created_at, status) VALUES (?, ?, ?, ?, ?, ?, ?, 'pending')"
-            }
-        };
-        let inserted = sqlx::query(sql)
-            .bind(uuid_bytes(job.publication.as_uuid()))
-            .bind(serde_json::to_string(&job.communes).expect("codes serialise"))
-            .bind(job.priority.as_str())
-            .bind(job.title.clone())
-            .bind(job.body.clone())
-            .bind(job.published_at.as_unix_micros())
-            .bind(now.as_unix_micros())
-            .execute(&self.pool)
-            .await
-            .map_err(err)?
-            .rows_affected();
-        Ok(inserted > 0)
+        self.insert_job(job, now, JobStatus::Pending).await
     }
 
     async fn cancel_job(
