@@ -25,12 +25,13 @@ use anyhow::{Context, bail};
 use async_nats::jetstream::{self as js, kv};
 use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use panneau_domain::{
     Envelope, InseeCode, PublicationEvent, PublicationId, PublicationState, PublisherId,
 };
 use panneau_projections::feed::Gap;
 use panneau_projections::{FeedDocument, FeedProjection, PublisherStats, StatsProjection};
+use tokio::sync::mpsc;
 
 use crate::bus::jetstream::{self as bus, bucket, bucket_config, generation_key, live_generation};
 use crate::codec::{decode_document, encode_document};
@@ -84,20 +85,21 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(phase: &str, total: Option<u64>) -> Self {
+    /// A bar among `bars`, which draws them together on a terminal.
+    fn new(bars: &MultiProgress, phase: &str, total: Option<u64>) -> Self {
         let terminal = std::io::stderr().is_terminal();
-        let bar = match total {
-            Some(total) => ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr()),
-            None => ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr()),
+        let bar = ProgressBar::with_draw_target(total, ProgressDrawTarget::hidden());
+        let template = match total {
+            Some(_) => {
+                "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({per_sec}, {eta} left)"
+            }
+            None => "{msg:>10} [{elapsed_precise}] {human_pos} ({per_sec})",
         };
-        let template = "{msg:>10} [{elapsed_precise}] {wide_bar} {human_pos}/{human_len} ({per_sec}, {eta} left)";
         bar.set_style(
             ProgressStyle::with_template(template).unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         bar.set_message(phase.to_owned());
-        if !terminal {
-            bar.set_draw_target(ProgressDrawTarget::hidden());
-        }
+        let bar = if terminal { bars.add(bar) } else { bar };
         Self {
             bar,
             terminal,
@@ -154,29 +156,38 @@ impl Folded {
         }
     }
 
-    /// The documents of the folded model, as the projectors store them.
-    fn documents(&self) -> Vec<(String, Bytes)> {
+    /// Once every event is in: boards as a fold in time order leaves them.
+    fn settle(&mut self) {
+        if let Folded::Feeds(p) = self {
+            p.settle();
+        }
+    }
+
+    /// The document of one publication, taken out of the model once its
+    /// stream has been folded whole.
+    fn take_finished(&mut self, id: &PublicationId) -> Option<Document> {
+        match self {
+            Folded::Feeds(p) => p.take_record(id).map(Document::Record),
+            Folded::Stats(p) => p.take_owner(id).map(|owner| Document::Owner(*id, owner)),
+        }
+    }
+
+    /// Every document left, taking the model apart.
+    fn into_documents(self) -> Box<dyn Iterator<Item = Document> + Send> {
         match self {
             Folded::Feeds(p) => {
-                let records = p
-                    .records()
-                    .map(|r| (publication_key(&r.id), Bytes::from(encode_document(r))));
-                let feeds = p
-                    .feeds()
-                    .map(|(code, doc)| (feed_key(code), Bytes::from(encode_document(doc))));
-                records.chain(feeds).collect()
+                let (records, feeds) = p.into_parts();
+                Box::new(
+                    records
+                        .map(Document::Record)
+                        .chain(feeds.map(|(code, doc)| Document::Feed(code, doc))),
+                )
             }
             Folded::Stats(p) => {
-                let owners = p.owners().map(|(id, publisher)| {
-                    (owner_key(id), Bytes::from(encode_document(publisher)))
-                });
-                let stats = p.shards().map(|(publisher, shard, doc)| {
-                    (
-                        stats_key(publisher, shard),
-                        Bytes::from(encode_document(doc)),
-                    )
-                });
-                owners.chain(stats).collect()
+                let (owners, shards) = p.into_parts();
+                Box::new(owners.map(|(id, owner)| Document::Owner(id, owner)).chain(
+                    shards.map(|(publisher, shard, doc)| Document::Stats(publisher, shard, doc)),
+                ))
             }
         }
     }
@@ -200,27 +211,67 @@ impl Folded {
     }
 }
 
+/// A document of a folded model, as the projectors store it.
+#[derive(Debug)]
+enum Document {
+    Record(PublicationState),
+    Feed(InseeCode, FeedDocument),
+    Owner(PublicationId, PublisherId),
+    Stats(PublisherId, u8, PublisherStats),
+}
+
+impl Document {
+    fn encode(&self) -> (String, Bytes) {
+        let (key, value) = match self {
+            Document::Record(r) => (publication_key(&r.id), encode_document(r)),
+            Document::Feed(code, doc) => (feed_key(code), encode_document(doc)),
+            Document::Owner(id, owner) => (owner_key(id), encode_document(owner)),
+            Document::Stats(publisher, shard, doc) => {
+                (stats_key(publisher, *shard), encode_document(doc))
+            }
+        };
+        (key, Bytes::from(value))
+    }
+}
+
 /// Events handed at once from the reader to the folding thread.
 const FOLD_CHUNK: usize = 1_024;
 
-/// Folds the whole log in memory; returns the model, the last position read
-/// and the number of events.
+/// Folds the whole log; returns the model (unless its documents went to
+/// `finished`), the last position read and the number of events.
 ///
-/// Reading and decoding (this task) run beside the fold (a blocking
-/// thread), so a replay uses two cores.
+/// The log is read one stream after the other (its primary key's order,
+/// which MariaDB streams without sorting a million rows first), since a
+/// stream's events depend only on each other; reading and decoding (this
+/// task) run beside the fold (a blocking thread). With `finished`, each
+/// publication's document leaves the model as soon as its stream has been
+/// read whole, so the writer stores it while the fold goes on, and the rest
+/// follows at the end.
 ///
 /// # Errors
-/// When the log cannot be read or has a hole.
-pub async fn fold_log(
+/// When the log cannot be read or has a hole, or the writer stopped.
+async fn fold_log(
     model: Model,
     log: &dyn EventStore,
     total: Option<u64>,
-) -> anyhow::Result<(Folded, i64, u64)> {
-    let (chunks, mut inbox) = tokio::sync::mpsc::channel::<Vec<RecordedEvent>>(16);
-    let folder = tokio::task::spawn_blocking(move || -> anyhow::Result<Folded> {
+    progress: &MultiProgress,
+    finished: Option<mpsc::Sender<Document>>,
+) -> anyhow::Result<(Option<Folded>, i64, u64)> {
+    let (chunks, mut inbox) = mpsc::channel::<Vec<RecordedEvent>>(16);
+    let folder = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<Folded>> {
+        let stopped = || anyhow::anyhow!("the writer of the new generation stopped");
         let mut projection = Folded::new(model);
+        let mut current: Option<PublicationId> = None;
         while let Some(chunk) = inbox.blocking_recv() {
             for event in &chunk {
+                if let Some(sink) = &finished {
+                    let id = event.envelope.payload.publication_id();
+                    if let Some(done) = current.replace(id).filter(|done| *done != id)
+                        && let Some(document) = projection.take_finished(&done)
+                    {
+                        sink.blocking_send(document).map_err(|_| stopped())?;
+                    }
+                }
                 projection.apply(&event.envelope).map_err(|gap| {
                     anyhow::anyhow!(
                         "event {} of {} {gap}, which the log does not hold before it",
@@ -230,17 +281,24 @@ pub async fn fold_log(
                 })?;
             }
         }
-        Ok(projection)
+        projection.settle();
+        let Some(sink) = finished else {
+            return Ok(Some(projection));
+        };
+        for document in projection.into_documents() {
+            sink.blocking_send(document).map_err(|_| stopped())?;
+        }
+        Ok(None)
     });
-    let mut progress = Progress::new("fold", total);
+    let mut progress = Progress::new(progress, "fold", total);
     let (mut position, mut events) = (0, 0);
-    let mut stream = log.read_after(0).try_chunks(FOLD_CHUNK);
+    let mut stream = log.read_by_stream().try_chunks(FOLD_CHUNK);
     let read: anyhow::Result<()> = async {
         while let Some(chunk) = stream.next().await {
             let chunk = chunk
                 .map_err(|e| e.1)
                 .context("cannot read the event log")?;
-            position = chunk.last().map_or(position, |e| e.position);
+            position = chunk.iter().map(|e| e.position).fold(position, i64::max);
             events += chunk.len() as u64;
             progress.inc(chunk.len() as u64);
             // A closed channel means the fold stopped on an error, told below.
@@ -259,14 +317,16 @@ pub async fn fold_log(
     Ok((projection, position, events))
 }
 
-/// Writes the documents of a fold into the (new, unread) bucket `name`, in
-/// atomic batches: each batch is stored whole or not at all, and its
-/// acknowledgement comes once it is durable.
+/// Writes the documents of a fold into the (new, unread) bucket `name` as
+/// they come, in atomic batches: each batch is stored whole or not at all,
+/// and its acknowledgement comes once it is durable. Returns how many.
 async fn write_documents(
-    context: &js::Context,
-    name: &str,
-    documents: &[(String, Bytes)],
-) -> anyhow::Result<()> {
+    context: js::Context,
+    name: String,
+    progress: MultiProgress,
+    mut documents: mpsc::Receiver<Document>,
+) -> anyhow::Result<u64> {
+    let (context, name, progress) = (&context, name.as_str(), &progress);
     let stream_name = format!("KV_{name}");
     let mut stream = context
         .get_stream(&stream_name)
@@ -283,14 +343,17 @@ async fn write_documents(
         .update_stream(config)
         .await
         .context("the broker refuses atomic batches (nats-server 2.12 or later is needed)")?;
-    let mut progress = Progress::new("write", Some(documents.len() as u64));
+    let mut progress = Progress::new(progress, "write", None);
     let client = context.client();
-    let mut batches = stream::iter(documents.chunks(WRITE_BATCH))
+    let mut batches = stream::poll_fn(|cx| documents.poll_recv(cx))
+        .chunks(WRITE_BATCH)
         .map(|batch| {
             let client = &client;
             async move {
                 let id = uuid::Uuid::now_v7().to_string();
-                for (sequence, (key, value)) in batch.iter().enumerate() {
+                let last = batch.len();
+                for (sequence, document) in batch.iter().enumerate() {
+                    let (key, value) = document.encode();
                     let mut headers = async_nats::HeaderMap::new();
                     headers.insert(async_nats::header::NATS_BATCH_ID, id.as_str());
                     headers.insert(
@@ -298,30 +361,33 @@ async fn write_documents(
                         (sequence + 1).to_string().as_str(),
                     );
                     let subject = format!("$KV.{name}.{key}");
-                    if sequence + 1 < batch.len() {
+                    if sequence + 1 < last {
                         client
-                            .publish_with_headers(subject, headers, value.clone())
+                            .publish_with_headers(subject, headers, value)
                             .await
                             .context("cannot send to the broker")?;
                     } else {
                         headers.insert(async_nats::header::NATS_BATCH_COMMIT, "1");
                         context
-                            .publish_with_headers(subject, headers, value.clone())
+                            .publish_with_headers(subject, headers, value)
                             .await
                             .context("cannot send to the broker")?
                             .await
                             .context("the broker refused a batch of the new generation")?;
                     }
                 }
-                anyhow::Ok(batch.len() as u64)
+                anyhow::Ok(last as u64)
             }
         })
         .buffer_unordered(BATCHES_IN_FLIGHT);
-    while let Some(written) = batches.next().await {
-        progress.inc(written?);
+    let mut written = 0;
+    while let Some(batch) = batches.next().await {
+        let batch = batch?;
+        written += batch;
+        progress.inc(batch);
     }
     progress.finish();
-    Ok(())
+    Ok(written)
 }
 
 /// Applies the events after `from - TAIL_MARGIN` to `target`; returns the last
@@ -395,12 +461,22 @@ pub async fn replay(
         .await
         .ok()
         .and_then(|p| u64::try_from(p).ok());
-    let (projection, mut position, events) = fold_log(model, log, total).await?;
-    let documents = projection.documents();
-    drop(projection);
-    let count = documents.len() as u64;
-    write_documents(context, &name, &documents).await?;
-    drop(documents);
+    // The writer (a task of its own, on another thread than this reader of
+    // the log) stores the documents while the fold produces them.
+    let bars = MultiProgress::new();
+    let (finished, documents) = mpsc::channel(WRITE_BATCH * BATCHES_IN_FLIGHT * 2);
+    let writer = tokio::spawn(write_documents(
+        context.clone(),
+        name.clone(),
+        bars.clone(),
+        documents,
+    ));
+    let folded = fold_log(model, log, total, &bars, Some(finished)).await;
+    // A writer that failed stopped the fold: its error is the one to tell.
+    let count = writer
+        .await
+        .context("the writer of the new generation failed")??;
+    let (_, mut position, events) = folded?;
 
     // Catch up with what was committed meanwhile, then switch.
     loop {
@@ -551,7 +627,9 @@ pub async fn verify(
         .await
         .ok()
         .and_then(|p| u64::try_from(p).ok());
-    let (mut projection, mut position, _) = fold_log(model, log, total).await?;
+    let bars = MultiProgress::new();
+    let (projection, mut position, _) = fold_log(model, log, total, &bars, None).await?;
+    let mut projection = projection.context("the fold kept no model")?;
     let mut keys: BTreeSet<String> = live
         .keys()
         .await
@@ -560,7 +638,7 @@ pub async fn verify(
         .collect();
     keys.extend(projection.keys());
     let compared = keys.len() as u64;
-    let progress = Progress::new("compare", Some(compared));
+    let progress = Progress::new(&bars, "compare", Some(compared));
     let mut pending: Vec<String> = keys.into_iter().collect();
     let mut differences = Vec::new();
     for round in 0..5 {
@@ -588,6 +666,7 @@ pub async fn verify(
             projection.apply(&event.envelope).ok();
             position = event.position;
         }
+        projection.settle();
         pending = differences.iter().map(|d| d.key.clone()).collect();
     }
     progress.finish();

@@ -173,7 +173,12 @@ impl FeedDocument {
     /// whose window closed before it are dropped, which keeps documents small and
     /// depends on the events alone (never on the clock of the projector).
     pub fn apply(&mut self, change: &FeedChange, now: Timestamp) {
-        let id = match change {
+        self.apply_owned(change.clone(), now);
+    }
+
+    /// `apply`, taking the change.
+    pub fn apply_owned(&mut self, change: FeedChange, now: Timestamp) {
+        let id = match &change {
             FeedChange::Upsert(entry) => entry.view.id,
             FeedChange::Remove(id) => *id,
         };
@@ -181,7 +186,7 @@ impl FeedDocument {
         if let FeedChange::Upsert(entry) = change {
             let key = entry.sort_key();
             let at = self.entries.partition_point(|e| e.sort_key() < key);
-            self.entries.insert(at, entry.clone());
+            self.entries.insert(at, entry);
         }
         self.entries
             .retain(|e| e.view.visible_until.is_none_or(|until| until > now));
@@ -230,25 +235,34 @@ pub enum Step {
 /// Decides what event `version` of a publication stream does, given the record
 /// stored so far (`None` before the first event).
 pub fn step(record: Option<&PublicationState>, version: u64, event: &PublicationEvent) -> Step {
+    match precheck(record, version) {
+        Some(early) => early,
+        None => step_from(record.cloned(), event),
+    }
+}
+
+/// Duplicate or gap, decided from the stored version alone.
+fn precheck(record: Option<&PublicationState>, version: u64) -> Option<Step> {
     let current = record.map_or(0, |r| r.version);
     if version <= current {
-        return Step::Duplicate;
+        return Some(Step::Duplicate);
     }
-    if version > current + 1 {
-        return Step::Gap {
-            expected: current + 1,
-        };
-    }
-    let before = record.map_or(Publication::Absent, |r| {
-        Publication::Present(Box::new(r.clone()))
-    });
+    (version > current + 1).then_some(Step::Gap {
+        expected: current + 1,
+    })
+}
+
+/// `step` for the next event of the stream, consuming the record.
+fn step_from(record: Option<PublicationState>, event: &PublicationEvent) -> Step {
+    let old: BTreeSet<InseeCode> = record
+        .as_ref()
+        .map_or_else(BTreeSet::new, |r| r.content.communes.as_set().clone());
+    let before = record.map_or(Publication::Absent, |r| Publication::Present(Box::new(r)));
     let Publication::Present(after) = evolve(before, event) else {
         // An event other than a creation arrived first: the stream is corrupt,
         // which `decide` prevents; treat it as the missing creation.
         return Step::Gap { expected: 1 };
     };
-    let old: BTreeSet<InseeCode> =
-        record.map_or_else(BTreeSet::new, |r| r.content.communes.as_set().clone());
     let entry = FeedEntry::of(&after);
     let mut changes = Vec::new();
     for commune in after.content.communes.iter() {
@@ -273,6 +287,8 @@ pub fn step(record: Option<&PublicationState>, version: u64, event: &Publication
 pub struct FeedProjection {
     records: HashMap<PublicationId, PublicationState>,
     feeds: HashMap<InseeCode, FeedDocument>,
+    /// The latest `occurred_at` of the events applied to each board.
+    latest: HashMap<InseeCode, Timestamp>,
 }
 
 impl FeedProjection {
@@ -282,22 +298,42 @@ impl FeedProjection {
     /// `Gap` when an earlier version of the stream is missing; nothing changes.
     pub fn apply(&mut self, envelope: &Envelope<PublicationEvent>) -> Result<(), Gap> {
         let id = envelope.payload.publication_id();
-        match step(
-            self.records.get(&id),
-            envelope.stream_version,
-            &envelope.payload,
-        ) {
+        // The record moves into the step rather than being copied: past the
+        // version check, a step without a record is the only one that can
+        // fail (an event before the creation), so none is lost.
+        let step = match precheck(self.records.get(&id), envelope.stream_version) {
+            Some(early) => early,
+            None => step_from(self.records.remove(&id), &envelope.payload),
+        };
+        match step {
             Step::Duplicate => Ok(()),
             Step::Gap { expected } => Err(Gap { expected }),
             Step::Apply { record, changes } => {
-                for (commune, change) in &changes {
+                for (commune, change) in changes {
                     self.feeds
-                        .entry(*commune)
+                        .entry(commune)
                         .or_default()
-                        .apply(change, envelope.occurred_at);
+                        .apply_owned(change, envelope.occurred_at);
+                    let latest = self.latest.entry(commune).or_insert(envelope.occurred_at);
+                    *latest = (*latest).max(envelope.occurred_at);
                 }
                 self.records.insert(id, *record);
                 Ok(())
+            }
+        }
+    }
+
+    /// Drops from each board the entries that had expired when its latest
+    /// event happened, as a projector applying the events in time order
+    /// would have: after a fold that took the streams one after the other
+    /// (each in its own order) rather than in time order, the boards are
+    /// then the same.
+    pub fn settle(&mut self) {
+        for (commune, board) in &mut self.feeds {
+            if let Some(latest) = self.latest.get(commune) {
+                board
+                    .entries
+                    .retain(|e| e.view.visible_until.is_none_or(|until| until > *latest));
             }
         }
     }
@@ -316,6 +352,22 @@ impl FeedProjection {
 
     pub fn records(&self) -> impl Iterator<Item = &PublicationState> + '_ {
         self.records.values()
+    }
+
+    /// Takes a publication's record out, once its stream has been folded
+    /// whole (only the events of its own stream ever read it).
+    pub fn take_record(&mut self, id: &PublicationId) -> Option<PublicationState> {
+        self.records.remove(id)
+    }
+
+    /// The records left and every board, taking the projection apart.
+    pub fn into_parts(
+        self,
+    ) -> (
+        impl Iterator<Item = PublicationState>,
+        impl Iterator<Item = (InseeCode, FeedDocument)>,
+    ) {
+        (self.records.into_values(), self.feeds.into_iter())
     }
 }
 

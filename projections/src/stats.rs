@@ -237,4 +237,26 @@ impl StatsProjection {
     pub fn owner(&self, id: &PublicationId) -> Option<&PublisherId> {
         self.owners.get(id)
     }
+
+    /// Takes a publication's owner out, once its stream has been folded
+    /// whole (only the events of its own stream ever read it).
+    pub fn take_owner(&mut self, id: &PublicationId) -> Option<PublisherId> {
+        self.owners.remove(id)
+    }
+
+    /// The owners left and every statistics document, taking the
+    /// projection apart.
+    pub fn into_parts(
+        self,
+    ) -> (
+        impl Iterator<Item = (PublicationId, PublisherId)>,
+        impl Iterator<Item = (PublisherId, u8, PublisherStats)>,
+    ) {
+        (
+            self.owners.into_iter(),
+            self.shards
+                .into_iter()
+                .map(|((publisher, shard), stats)| (publisher, shard, stats)),
+        )
+    }
 }

@@ -670,6 +670,16 @@ impl EventStore for SqlStore {
             .boxed()
     }
 
+    fn read_by_stream(&self) -> BoxStream<'_, Result<RecordedEvent, StoreError>> {
+        sqlx::query("SELECT position, envelope FROM events ORDER BY stream_id, stream_version")
+            .fetch(&self.pool)
+            .map(|row| {
+                row.map_err(StoreError::from_sqlx)
+                    .and_then(|r| Self::row_to_event(&r))
+            })
+            .boxed()
+    }
+
     async fn last_position(&self) -> Result<i64, StoreError> {
         let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
             .fetch_one(&self.pool)

@@ -30,7 +30,7 @@ async fn the_mariadb_store_keeps_the_event_store_contract() {
     crate::store::event_store_contract(&store).await;
     let (backlog, _) = store.outbox_backlog().await.unwrap();
     assert_eq!(
-        backlog, 4,
+        backlog, 5,
         "every event has an outbox row, committed with it"
     );
     store.close().await;

@@ -155,6 +155,38 @@ pub(crate) async fn event_store_contract(store: &dyn EventStore) {
         .collect()
         .await;
     assert_eq!(tail.len(), 2);
+    // Read stream after stream: every event once, each stream whole and in
+    // version order, even a stream continued after others began.
+    let retract2 = PublicationEvent::Retracted(PublicationRetracted {
+        id: id2,
+        at: panneau::now(),
+    });
+    store
+        .append(append(id2, 1, vec![envelope(id2, 2, retract2)]))
+        .await
+        .unwrap();
+    let all: Vec<_> = store.read_after(0).map(|e| e.unwrap()).collect().await;
+    let [.., before, last] = all.as_slice() else {
+        panic!("{all:?}")
+    };
+    assert_ne!(before.envelope.stream_id, last.envelope.stream_id);
+    let by_stream: Vec<_> = store.read_by_stream().map(|e| e.unwrap()).collect().await;
+    let mut positions: Vec<_> = by_stream.iter().map(|e| e.position).collect();
+    positions.sort_unstable();
+    assert_eq!(
+        positions,
+        all.iter().map(|e| e.position).collect::<Vec<_>>()
+    );
+    let mut seen = Vec::new();
+    for pair in by_stream.windows(2) {
+        let (a, b) = (&pair[0].envelope, &pair[1].envelope);
+        if a.stream_id == b.stream_id {
+            assert_eq!(b.stream_version, a.stream_version + 1, "{by_stream:?}");
+        } else {
+            seen.push(a.stream_id.clone());
+            assert!(!seen.contains(&b.stream_id), "a stream read in two parts");
+        }
+    }
     assert_eq!(
         store
             .publications_of(PublisherId::new(Uuid::from_u128(1)), 10)

@@ -269,6 +269,45 @@ fn closed_entries_are_pruned_by_event_time() {
 }
 
 #[test]
+fn a_fold_stream_after_stream_settles_to_the_boards_of_a_fold_in_time_order() {
+    let mut short = content(&["35238", "35047"], Priority::Normal);
+    short.window = VisibilityWindow::new(None, Some(at(50))).unwrap();
+    let first = vec![
+        publish_content(1, 0, short),
+        amend(
+            1,
+            2,
+            10,
+            Amendment {
+                priority: Some(Priority::Urgent),
+                ..Amendment::default()
+            },
+        ),
+    ];
+    let later = vec![publish(2, 100, &["35238"], Priority::Normal)];
+    let in_time_order: Vec<_> = first.iter().chain(&later).cloned().collect();
+    let stream_after_stream: Vec<_> = later.iter().chain(&first).cloned().collect();
+
+    let mut expected = fold(&in_time_order);
+    let mut folded = fold(&stream_after_stream);
+    // Unsettled, the later stream's time never reached the earlier one's
+    // board entry, closed since.
+    assert_ne!(folded, expected);
+    folded.settle();
+    expected.settle();
+    assert_eq!(folded.feed(&code("35238")), expected.feed(&code("35238")));
+    assert_eq!(
+        folded.feed(&code("35238")).unwrap().entries().len(),
+        1,
+        "only the open publication is left"
+    );
+    // A board no later event touched keeps what was open at its own last event.
+    assert_eq!(folded.feed(&code("35047")), expected.feed(&code("35047")));
+    assert_eq!(folded.feed(&code("35047")).unwrap().entries().len(), 1);
+    assert_eq!(folded.records().count(), 2);
+}
+
+#[test]
 fn cursors_round_trip_and_page_in_feed_order() {
     let events: Vec<_> = (1..=5)
         .map(|n| publish(n, i64::from(n), &["35238"], Priority::Normal))
