@@ -362,7 +362,10 @@ impl SqlStore {
     fn row_to_event(row: &AnyRow) -> Result<RecordedEvent, StoreError> {
         Ok(RecordedEvent {
             position: column(row, "position")?,
-            envelope: decode_event(&column::<Vec<u8>>(row, "envelope")?)?,
+            envelope: decode_event(
+                row.try_get::<&[u8], _>("envelope")
+                    .map_err(StoreError::Database)?,
+            )?,
         })
     }
 
