@@ -165,6 +165,16 @@ if feed_rows:
         "strings (now shared with the router) and `Cache-Control` was formatted per response (now",
         "once): under 32,000, and gzip above 1.0× nginx.",
         "",
+        "The complete run of 2026-11-29, on a machine about half as fast as the one of the",
+        "earlier runs, missed the target at 256 connections (identity: more requests/s than",
+        "nginx but a p99 0.3 ms above its own; gzip: 0.88×) while the profile of the same run",
+        "counted no more work per request (31,170 instructions identity, 32,717 gzip). Run",
+        "again by hand right after, the same binary served 56,000–65,000 (identity) and",
+        "58,000–61,000 (gzip) requests/s at 256 connections: run-to-run spread as large as the",
+        "gap, with wrk and the instance sharing the two cores. What would give a margin is less",
+        "work per request (a quarter of it is still malloc and free, see the profile); that is",
+        "not done yet.",
+        "",
     ]
     h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
     if h2:
@@ -192,8 +202,10 @@ if feed_rows:
             "Command: `bench/run feed` (h2load `-t2 -c64 -m10 -D5 --warm-up-time=1`, latencies from",
             "its per-request log; 3 runs each). With 640 streams in flight, latency is mostly queueing:",
             "where Panneau serves more requests per second than nginx but with a higher p99 (gzip),",
-            "the tail comes from how the HTTP/2 connections are scheduled, which is not profiled yet",
-            "(the profiles below are of HTTP/1.1).",
+            "the tail comes from how the HTTP/2 connections are scheduled (one task per connection",
+            "writing every stream's frames, hyper's defaults), which is not profiled yet (the",
+            "profiles below are of HTTP/1.1); in the run of 2026-11-29 identity was also at par",
+            "with nginx rather than above it. Not fixed yet.",
             "",
         ]
 
@@ -254,12 +266,15 @@ if any(api for _, api, _ in write_rows):
         "JetStream write with `sync_interval: always`, which both instances then receive through",
         "their watches. On this 2-core machine, where the load generator, two instances, NATS and",
         "MariaDB share the cores, that work, not MariaDB's commit, bounds the rate (table above).",
-        "What would close the gap is in our code: a projector that applies a batch of events and",
-        "writes each touched document once (coalescing the feed and statistics writes of",
-        "concurrent commands), and a relay that marks rows published less often. Measuring this",
-        "part found one such cost already: the statistics document of a publisher held every",
-        "publication it ever made, rewritten whole on each event (quadratic); it is now spread",
-        "over 64 documents per publisher.",
+        "Measuring this part found costs of our own, since removed: the statistics document of",
+        "a publisher held every publication it ever made, rewritten whole on each event",
+        "(quadratic; now spread over 64 documents per publisher), and concurrent events for one",
+        "commune each rewrote its board (now one write for all the events waiting on it; the",
+        "relay already marks its rows published a batch at a time). What is left is the design:",
+        "at 64 clients MariaDB alone spends about 0.3 ms of CPU per command, and 0.8× the bare",
+        "INSERTs on two cores would leave under 0.1 ms per command for the broker and both",
+        "instances together, so the target is out of reach on this machine while a command is",
+        "a durable commit, a durable broker write and durable read-model writes.",
         "",
     ]
 visible = groups.get("visible")
