@@ -31,6 +31,11 @@ const READ_TIMEOUT: Duration = Duration::from_secs(1);
 /// The same for a compare-and-set, whose acknowledgement waits for an fsync on
 /// a quorum of replicas.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
+/// The same for the creation of a watch's consumer. Without it, a request
+/// sent while the bucket's stream is still electing its leader waits for the
+/// client's ten-second request timeout, and the cache stays stale that long
+/// after the leader is back.
+const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn unavailable(error: impl std::fmt::Display) -> ReadModelError {
     ReadModelError::Unavailable(error.to_string())
@@ -169,18 +174,23 @@ impl FeedStore for KvFeedStore {
                     return Some((Change::Reset, state));
                 }
                 let Some(current) = state.watch.as_mut() else {
-                    let subscribed = match state.last_revision {
-                        Some(last) => state.kv.watch_all_from_revision(last + 1).await,
-                        None => state.kv.watch_all().await,
+                    let subscribe = async {
+                        match state.last_revision {
+                            Some(last) => state.kv.watch_all_from_revision(last + 1).await,
+                            None => state.kv.watch_all().await,
+                        }
                     };
-                    match subscribed {
-                        Ok(w) => {
+                    match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
+                        Ok(Ok(w)) => {
                             state.pending_reset = state.last_revision.is_none();
                             state.watch = Some(w);
                         }
-                        Err(error) => {
+                        Ok(Err(error)) => {
                             tracing::debug!(error = %error, "cannot watch the feed bucket; retrying");
-                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            tokio::time::sleep(Duration::from_millis(250)).await;
+                        }
+                        Err(_) => {
+                            tracing::debug!("watching the feed bucket timed out; retrying");
                         }
                     }
                     continue;
