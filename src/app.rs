@@ -9,6 +9,7 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 
 use panneau_projections::Communes;
 use tokio::net::TcpListener;
@@ -501,8 +502,16 @@ impl Application {
         let stop = CancellationToken::new();
         let http_stop = stop.clone();
         let ops_stop = stop.clone();
+        // Responses go out as soon as they are written: an HTTP/2 response
+        // is several frames, and Nagle's algorithm would hold the last of
+        // them for the client's delayed acknowledgement (tens of ms).
+        let listener = self.http.tap_io(|tcp| {
+            if let Err(error) = tcp.set_nodelay(true) {
+                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
+            }
+        });
         let http = axum::serve(
-            self.http,
+            listener,
             self.router
                 .into_make_service_with_connect_info::<SocketAddr>(),
         )

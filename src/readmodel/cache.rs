@@ -461,3 +461,52 @@ fn render_publication(
         revision, json, None, now,
     )))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    /// Text that compresses like a feed's, not like a run of one byte.
+    fn json_of(size: usize) -> Vec<u8> {
+        let words = [
+            "Mairie ", "de ", "Rennes ", "travaux ", "rue ", "école ", "fermée ", "alerte ",
+        ];
+        let mut state = 7_u64;
+        let mut json = Vec::with_capacity(size);
+        while json.len() < size {
+            state = state
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1);
+            json.extend_from_slice(words[(state >> 61) as usize].as_bytes());
+        }
+        json.truncate(size);
+        json
+    }
+
+    #[test]
+    fn every_encoding_decodes_to_the_body_whatever_its_size() {
+        for size in [0, 1, 1_000, 15_000, 70_000, 1_100_000] {
+            let json = json_of(size);
+            let rendered = Rendered::new(1, json.clone(), None, now());
+            assert_eq!(&rendered.identity[..], &json[..], "identity, {size} bytes");
+            let mut gunzipped = Vec::new();
+            flate2::read::GzDecoder::new(&rendered.gzip[..])
+                .read_to_end(&mut gunzipped)
+                .expect("a valid gzip body");
+            assert_eq!(gunzipped, json, "gzip, {size} bytes");
+            let mut unbrotlied = Vec::new();
+            brotli::Decompressor::new(&rendered.brotli[..], 4096)
+                .read_to_end(&mut unbrotlied)
+                .expect("a valid brotli body");
+            assert_eq!(unbrotlied, json, "brotli, {size} bytes");
+            if size >= 15_000 {
+                assert!(
+                    rendered.brotli.len() * 3 < json.len(),
+                    "brotli compresses, {size} bytes"
+                );
+            }
+        }
+    }
+}
