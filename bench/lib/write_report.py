@@ -39,7 +39,8 @@ lines = [
 ]
 run_time = groups.get("run time")
 if run_time:
-    lines += ["The last complete `bench/run` (every part, builds included) took %.1f minutes." % (run_time[-1]["seconds"] / 60), ""]
+    lines += ["The last complete `bench/run` (every part) took %.1f minutes, its cargo builds included" % (run_time[-1]["seconds"] / 60),
+              "(a fresh checkout adds the release build from nothing, 5 to 7 minutes on this machine).", ""]
 
 def summary():
     """One line per target: the figure, its anchor or target, met or missed."""
@@ -163,7 +164,8 @@ if feed_rows:
         "and the `ETag` was formatted per response (now once per body): 34,480 at commit c0d3683,",
         "where gzip over HTTP/1.1 measured 0.87–0.91× nginx; then the metric labels were five owned",
         "strings (now shared with the router) and `Cache-Control` was formatted per response (now",
-        "once): under 32,000, and gzip above 1.0× nginx.",
+        "once): under 32,000, and gzip above 1.0× nginx in some runs. Since then the listener",
+        "sets TCP_NODELAY, as nginx does (ADR 9).",
         "",
     ]
     # Where this run missed the target, say so with its own figures.
@@ -190,8 +192,10 @@ if feed_rows:
         else:
             lines += ["With wrk and the instance sharing"]
         lines += ["the two cores, these ratios move between runs by several percent. What would give a",
-                  "margin is less work per request (a quarter of it is still malloc and free, see the",
-                  "profile); that is not done yet.", ""]
+                  "margin is less work per request: a quarter of it is still malloc and free (see the",
+                  "profile). In a trial, mimalloc as the allocator served about a third more requests here, but held",
+                  "1.09–1.12 GB with every commune cached, over the 1 GiB target, so glibc's is kept",
+                  "(ADR 9); fewer allocations per request is the way left, not done yet.", ""]
     h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
     if h2:
         lines += [
@@ -216,13 +220,22 @@ if feed_rows:
         lines += [
             "",
             "Command: `bench/run feed` (h2load `-t2 -c64 -m10 -D5 --warm-up-time=1`, latencies from",
-            "its per-request log; 3 runs each). With 640 streams in flight, latency is mostly queueing:",
-            "where Panneau serves more requests per second than nginx but with a higher p99 (gzip),",
-            "the tail comes from how the HTTP/2 connections are scheduled (one task per connection",
-            "writing every stream's frames, hyper's defaults), which is not profiled yet (the",
-            "profiles below are of HTTP/1.1). Not fixed yet.",
-            "",
+            "its per-request log; 3 runs each). With 640 streams in flight, latency is mostly queueing.",
         ]
+        slower_tail = []
+        for encoding in ("identity", "gzip"):
+            ours = h2.get("feed h2 panneau %s c64" % encoding)
+            base = h2.get("feed h2 nginx %s c64" % encoding)
+            if ours and base and med(ours, "p99_us")[0] > med(base, "p99_us")[0]:
+                slower_tail.append(encoding)
+        if slower_tail:
+            lines += [
+                "This run's p99 is above nginx's for %s. Where that tail comes from is not" % " and ".join(slower_tail),
+                "profiled yet (the profiles below are of HTTP/1.1); the first suspect is how hyper's",
+                "HTTP/2 server, with its defaults, writes every stream's frames from one task per",
+                "connection. Not fixed yet.",
+            ]
+        lines += [""]
 
 write_rows = [(c, groups.get("write api c%d" % c), groups.get("write bare c%d" % c)) for c in (1, 16, 64)]
 if any(api for _, api, _ in write_rows):
