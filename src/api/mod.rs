@@ -180,17 +180,27 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let request_id = request
-        .headers()
-        .get(&X_REQUEST_ID)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| RequestId::parse(v).ok())
-        .unwrap_or_else(|| {
-            RequestId::parse(Uuid::now_v7().to_string()).expect("a UUID is a valid request id")
-        });
+    // The id and the header echoing it, made once: a sensible id from the
+    // client is echoed as it came (no copy), else a UUIDv7 is formatted on
+    // the stack.
+    let given = request.headers().get(&X_REQUEST_ID).and_then(|value| {
+        let id = RequestId::parse(value.to_str().ok()?).ok()?;
+        Some((id, value.clone()))
+    });
+    let (request_id, echoed) = given.unwrap_or_else(|| {
+        let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+        let text = Uuid::now_v7().hyphenated().encode_lower(&mut text);
+        (
+            RequestId::parse(&*text).expect("a UUID is a valid request id"),
+            HeaderValue::from_str(text).expect("a UUID is a valid header value"),
+        )
+    });
     let route = crate::metrics::Route(request.extensions().get::<MatchedPath>().cloned());
     let method = request.method().clone();
-    request.extensions_mut().insert(request_id.clone());
+    request.extensions_mut().insert(request_id);
+    let request_id = echoed
+        .to_str()
+        .expect("the request id is visible ASCII, checked above");
     let span =
         tracing::info_span!("request", request_id = %request_id, %method, route = route.as_str());
     let mut response = next.run(request).instrument(span.clone()).await;
@@ -219,7 +229,7 @@ pub async fn request_context(
             tracing::error!(status = status.as_u16(), latency_ms, cause = %chain, "request failed");
             crate::telemetry::report_server_error(
                 &chain,
-                request_id.as_str(),
+                request_id,
                 route.as_str(),
                 status.as_u16(),
             );
@@ -229,9 +239,7 @@ pub async fn request_context(
     } else {
         tracing::info!(status = status.as_u16(), latency_ms, "request");
     }
-    if let Ok(value) = HeaderValue::from_str(request_id.as_str()) {
-        response.headers_mut().insert(X_REQUEST_ID.clone(), value);
-    }
+    response.headers_mut().insert(X_REQUEST_ID.clone(), echoed);
     response
 }
 

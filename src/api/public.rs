@@ -3,7 +3,7 @@
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -153,7 +153,9 @@ pub async fn get_feed(
     State(app): State<AppState>,
     ApiPath(code): ApiPath<String>,
     ApiQuery(query): ApiQuery<FeedQuery>,
-    headers: HeaderMap,
+    // The request itself, not a copy of its headers (a `HeaderMap` extractor
+    // clones them all, on the hottest path of the service).
+    request: Request,
 ) -> Result<Response, ApiError> {
     let code = known_commune(&app, &code)?;
     if let Some(cursor) = query.cursor {
@@ -174,7 +176,7 @@ pub async fn get_feed(
         return Ok(response);
     }
     let rendered = app.cache.feed(code).await?;
-    Ok(serve(&rendered, &headers, &app))
+    Ok(serve(&rendered, request.headers(), &app))
 }
 
 /// A publication.
@@ -194,11 +196,11 @@ pub async fn get_feed(
 pub async fn get_publication(
     State(app): State<AppState>,
     ApiPath(id): ApiPath<String>,
-    headers: HeaderMap,
+    request: Request,
 ) -> Result<Response, ApiError> {
     let id = parse_publication_id(&id)?;
     match app.cache.publication(id).await?.as_ref() {
-        PublicationLookup::Visible(rendered) => Ok(serve(rendered, &headers, &app)),
+        PublicationLookup::Visible(rendered) => Ok(serve(rendered, request.headers(), &app)),
         PublicationLookup::Retracted { .. } => {
             Err(ApiError::gone("this publication was retracted"))
         }

@@ -194,8 +194,22 @@ async fn every_response_carries_a_request_id_and_echoes_the_clients() {
         .get_with("/v1/communes/35238", &[("X-Request-Id", "app-ios-7f3a")])
         .await;
     assert_eq!(response.headers()["x-request-id"], "app-ios-7f3a");
+    let feed = app
+        .get_with(
+            "/v1/communes/35238/feed",
+            &[("X-Request-Id", "app-android-12")],
+        )
+        .await;
+    assert_eq!(feed.headers()["x-request-id"], "app-android-12");
     let generated = app.get("/v1/communes/99999").await;
-    assert!(!generated.headers()["x-request-id"].is_empty());
+    let generated = generated.headers()["x-request-id"].to_str().unwrap();
+    let uuid = uuid::Uuid::parse_str(generated).expect("a generated request id is a UUID");
+    assert_eq!(uuid.get_version_num(), 7, "{generated}");
+    assert_eq!(
+        generated,
+        uuid.hyphenated().to_string(),
+        "lower-case, hyphenated"
+    );
     let weird = app
         .get_with("/v1/communes/35238", &[("X-Request-Id", "   ")])
         .await;
