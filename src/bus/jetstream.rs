@@ -48,7 +48,13 @@ pub const FEED_CONSUMER: &str = "feed-projector";
 pub const STATS_CONSUMER: &str = "stats-projector";
 pub const NOTIFIER_CONSUMER: &str = "notifier";
 /// How long a consumer waits for an acknowledgement before redelivering.
-pub const ACK_WAIT: Duration = Duration::from_secs(5);
+/// Short, because it is also how long messages wait when the acknowledgement
+/// was lost: a consumer leader frozen while messages were in flight drops
+/// the negative acknowledgements asking for them again, and its successor
+/// redelivers them only once this has passed. Handling one message takes
+/// milliseconds, a pulled batch is through in well under a second, and a
+/// redelivery of one already handled is recognised as a duplicate.
+pub const ACK_WAIT: Duration = Duration::from_secs(2);
 /// The oldest server Panneau accepts.
 pub const MINIMUM_SERVER: (u64, u64, u64) = (2, 12, 6);
 /// Longer than anything the relays do between two publications of one row (a
@@ -60,8 +66,11 @@ pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
 pub const RELAY_GRACE: Duration = Duration::from_secs(3);
 /// How long one pull request of a projector waits for messages.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-/// How often the broker signals an idle pull request is still alive.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+/// How often the broker signals an idle pull request is still alive. Two
+/// missed in a row and the request is made again: that is how a projector
+/// notices its consumer moved to another leader (a server frozen, then
+/// back), so it is short.
+const PULL_HEARTBEAT: Duration = Duration::from_millis(500);
 /// How long a publish may wait for its acknowledgement before its outcome is
 /// treated as unknown (and the row retried with the same id).
 pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(5);
@@ -130,7 +139,9 @@ pub async fn connect(url: &str) -> Result<async_nats::Client, BusError> {
         .collect::<Result<Vec<_>, _>>()?;
     let client = async_nats::ConnectOptions::new()
         .name("panneau")
-        .connection_timeout(Duration::from_secs(5))
+        // A frozen server accepts the TCP connection and never says hello:
+        // a reconnection that tries it moves on to the next server after this.
+        .connection_timeout(Duration::from_secs(2))
         // A server that stops answering (paused, partitioned) is left for
         // another of the list after three unanswered pings, about 6 s, rather
         // than the defaults' three minutes.
@@ -529,7 +540,7 @@ pub async fn consume<F, Fut>(
 {
     loop {
         // Short pull requests with frequent heartbeats: after the whole broker
-        // restarts, a lost pull is noticed in about two seconds rather than the
+        // restarts, a lost pull is noticed in about a second rather than the
         // thirty of the defaults.
         let messages = match consumer
             .stream()

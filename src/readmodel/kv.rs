@@ -84,6 +84,14 @@ impl FeedStore for KvFeedStore {
 
     /// A read of the stream's leader (`STREAM.MSG.GET`), where `get` is a
     /// direct get that any replica, up to date or not, may answer.
+    ///
+    /// `STREAM.MSG.GET` is a JetStream API request, which the servers refuse
+    /// while the cluster has no metadata leader (error 10008, "JetStream system
+    /// temporarily unavailable"): for seconds after a paused or restarted
+    /// server comes back, even though the bucket's own leader is up and
+    /// accepts writes. Then the direct get answers instead. A replica's answer
+    /// may lag, which costs at most a conflict on the compare-and-set that
+    /// follows (read again) or a gap waited for: never a lost write.
     async fn get_latest(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
         let subject = format!("{}{key}", self.kv.prefix);
         let answer = tokio::time::timeout(
@@ -104,7 +112,10 @@ impl FeedStore for KvFeedStore {
                 }))
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
-            Err(e) => Err(unavailable(e)),
+            Err(e) => {
+                tracing::debug!(error = %e, "the bucket's leader cannot be asked; reading a replica");
+                self.get(key).await
+            }
         }
     }
 
@@ -174,6 +185,9 @@ impl FeedStore for KvFeedStore {
                     return Some((Change::Reset, state));
                 }
                 let Some(current) = state.watch.as_mut() else {
+                    // Reconnections before this attempt are dealt with by it:
+                    // only one after it must make the new watch start again.
+                    state.connections.mark_unchanged();
                     let subscribe = async {
                         match state.last_revision {
                             Some(last) => state.kv.watch_all_from_revision(last + 1).await,
@@ -182,6 +196,7 @@ impl FeedStore for KvFeedStore {
                     };
                     match tokio::time::timeout(SUBSCRIBE_TIMEOUT, subscribe).await {
                         Ok(Ok(w)) => {
+                            tracing::debug!(after = state.last_revision, "watching the feed bucket");
                             state.pending_reset = state.last_revision.is_none();
                             state.watch = Some(w);
                         }
