@@ -671,14 +671,26 @@ pub async fn follow_generation(
     shutdown: CancellationToken,
 ) {
     loop {
-        let mut watch = match meta.watch(generation_key(model)).await {
-            Ok(watch) => watch,
-            Err(error) => {
+        // Bounded as the feed watch is: an attempt made while the bucket
+        // has no leader is otherwise answered only by the client's 10 s
+        // request timeout, and a replay's switch would wait that long.
+        let subscribe = tokio::time::timeout(
+            crate::readmodel::kv::SUBSCRIBE_TIMEOUT,
+            meta.watch(generation_key(model)),
+        );
+        let mut watch = match subscribe.await {
+            Ok(Ok(watch)) => watch,
+            Ok(Err(error)) => {
                 tracing::debug!(error = %error, "cannot watch the live generation; retrying");
                 tokio::select! {
                     () = shutdown.cancelled() => return,
                     () = tokio::time::sleep(Duration::from_secs(1)) => continue,
                 }
+            }
+            Err(_) if shutdown.is_cancelled() => return,
+            Err(_) => {
+                tracing::debug!("watching the live generation timed out; retrying");
+                continue;
             }
         };
         // A switch made while this instance was not watching.

@@ -35,7 +35,7 @@ const WRITE_TIMEOUT: Duration = Duration::from_secs(2);
 /// sent while the bucket's stream is still electing its leader waits for the
 /// client's ten-second request timeout, and the cache stays stale that long
 /// after the leader is back.
-const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
+pub(crate) const SUBSCRIBE_TIMEOUT: Duration = Duration::from_secs(1);
 
 fn unavailable(error: impl std::fmt::Display) -> ReadModelError {
     ReadModelError::Unavailable(error.to_string())
@@ -67,6 +67,40 @@ fn is_wrong_last_sequence(error: &UpdateError) -> bool {
     false
 }
 
+impl KvFeedStore {
+    /// The latest revision of a key without the JetStream API: a replica's
+    /// answer (a direct get), written back unchanged with compare-and-set on
+    /// its revision. The bucket's leader accepts that write only if no later
+    /// revision exists, which makes the answer the latest one, now at a new
+    /// revision. A replica's answer is never used unconfirmed: a projector
+    /// that took a lagging record for the latest would re-apply an event
+    /// already superseded to the feeds. An absence cannot be confirmed this
+    /// way, nor a replica that lags: both are `Unavailable`, tried again soon.
+    ///
+    /// # Errors
+    /// `Unavailable`, as above or when the bucket cannot be reached.
+    pub async fn confirmed_by_rewrite(
+        &self,
+        key: &str,
+    ) -> Result<Option<Versioned>, ReadModelError> {
+        let Some(read) = self.get(key).await? else {
+            return Err(unavailable(
+                "an absent key cannot be confirmed without the JetStream API",
+            ));
+        };
+        match self.put(key, read.value.clone(), Some(read.revision)).await {
+            Ok(revision) => Ok(Some(Versioned {
+                value: read.value,
+                revision,
+            })),
+            Err(ReadModelError::Conflict) => Err(unavailable(
+                "the replica that answered lags behind the bucket's leader",
+            )),
+            Err(other) => Err(other),
+        }
+    }
+}
+
 #[async_trait]
 impl FeedStore for KvFeedStore {
     async fn get(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
@@ -89,9 +123,7 @@ impl FeedStore for KvFeedStore {
     /// while the cluster has no metadata leader (error 10008, "JetStream system
     /// temporarily unavailable"): for seconds after a paused or restarted
     /// server comes back, even though the bucket's own leader is up and
-    /// accepts writes. Then the direct get answers instead. A replica's answer
-    /// may lag, which costs at most a conflict on the compare-and-set that
-    /// follows (read again) or a gap waited for: never a lost write.
+    /// accepts writes. Then see [`Self::confirmed_by_rewrite`].
     async fn get_latest(&self, key: &str) -> Result<Option<Versioned>, ReadModelError> {
         let subject = format!("{}{key}", self.kv.prefix);
         let answer = tokio::time::timeout(
@@ -113,8 +145,8 @@ impl FeedStore for KvFeedStore {
             }
             Err(e) if e.kind() == LastRawMessageErrorKind::NoMessageFound => Ok(None),
             Err(e) => {
-                tracing::debug!(error = %e, "the bucket's leader cannot be asked; reading a replica");
-                self.get(key).await
+                tracing::debug!(error = %e, "the bucket's leader cannot be asked; confirming a replica's answer");
+                self.confirmed_by_rewrite(key).await
             }
         }
     }

@@ -649,5 +649,34 @@ async fn a_compare_and_set_on_a_moved_feed_document_is_a_conflict() {
         (latest.value.as_ref(), latest.revision),
         (&b"c"[..], second)
     );
-    assert_eq!(store.get("feed.35238").await.unwrap(), Some(latest));
+    assert_eq!(store.get("feed.35238").await.unwrap(), Some(latest.clone()));
+
+    // Without the JetStream API (no metadata leader), the latest revision is
+    // confirmed by writing a replica's answer back with compare-and-set: the
+    // same document at a new revision, which `get_latest` then reads.
+    let confirmed = store
+        .confirmed_by_rewrite("feed.35238")
+        .await
+        .unwrap()
+        .expect("the key exists");
+    assert_eq!(confirmed.value, latest.value);
+    assert!(confirmed.revision > latest.revision);
+    assert_eq!(
+        store.get_latest("feed.35238").await.unwrap(),
+        Some(confirmed.clone())
+    );
+    // A write made since the read is not overwritten: a stale revision is a
+    // conflict, as for any compare-and-set.
+    assert!(matches!(
+        store
+            .put("feed.35238", "e".into(), Some(latest.revision))
+            .await,
+        Err(ReadModelError::Conflict)
+    ));
+    // An absence cannot be confirmed that way: nothing is written.
+    assert!(matches!(
+        store.confirmed_by_rewrite("feed.75056").await,
+        Err(ReadModelError::Unavailable(_))
+    ));
+    assert!(store.get_latest("feed.75056").await.unwrap().is_none());
 }
