@@ -60,7 +60,7 @@ pub async fn project(
             .as_ref()
             .map(|d| decode_document(&d.value))
             .transpose()?;
-        match step(record.as_ref(), envelope.stream_version, &envelope.payload) {
+        match step(record, envelope.stream_version, &envelope.payload) {
             Step::Duplicate => return Ok(Outcome::Duplicate),
             Step::Gap { expected } => return Ok(Outcome::Gap { expected }),
             Step::Apply { record, changes } => {

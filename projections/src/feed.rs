@@ -233,11 +233,12 @@ pub enum Step {
 }
 
 /// Decides what event `version` of a publication stream does, given the record
-/// stored so far (`None` before the first event).
-pub fn step(record: Option<&PublicationState>, version: u64, event: &PublicationEvent) -> Step {
-    match precheck(record, version) {
+/// stored so far (`None` before the first event). The record is taken, not
+/// copied: it becomes the new record when the event applies.
+pub fn step(record: Option<PublicationState>, version: u64, event: &PublicationEvent) -> Step {
+    match precheck(record.as_ref(), version) {
         Some(early) => early,
-        None => step_from(record.cloned(), event),
+        None => step_from(record, event),
     }
 }
 
