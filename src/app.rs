@@ -56,7 +56,7 @@ type Tasks = Vec<(&'static str, JoinHandle<()>)>;
 pub struct Application {
     http: TcpListener,
     ops: TcpListener,
-    router: axum::Router,
+    api: api::fast::Api,
     ops_router: axum::Router,
     tasks: Tasks,
     stop_tasks: CancellationToken,
@@ -465,7 +465,7 @@ impl Application {
         Ok(Self {
             http,
             ops,
-            router: api::router(app_state),
+            api: api::fast::Api::new(api::router(app_state.clone()), app_state),
             ops_router: api::ops::router(api::ops::OpsState {
                 health,
                 cache,
@@ -512,8 +512,9 @@ impl Application {
         });
         let http = axum::serve(
             listener,
-            self.router
-                .into_make_service_with_connect_info::<SocketAddr>(),
+            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
+                SocketAddr,
+            >(self.api),
         )
         .with_graceful_shutdown(async move { http_stop.cancelled().await });
         let ops = axum::serve(self.ops, self.ops_router)

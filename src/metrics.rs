@@ -30,13 +30,26 @@ pub struct RouteLabels {
 /// A route template as a label value, shared with the router rather than
 /// copied: labels are built for every request.
 #[derive(Debug, Clone)]
-pub struct Route(pub Option<axum::extract::MatchedPath>);
+pub enum Route {
+    /// The route the router matched.
+    Matched(axum::extract::MatchedPath),
+    /// A route answered before the router (`api::fast`).
+    Known(&'static str),
+    /// No route matched (404, 405).
+    Unmatched,
+}
 
 impl Route {
+    pub fn of(matched: Option<axum::extract::MatchedPath>) -> Self {
+        matched.map_or(Route::Unmatched, Route::Matched)
+    }
+
     pub fn as_str(&self) -> &str {
-        self.0
-            .as_ref()
-            .map_or("unmatched", axum::extract::MatchedPath::as_str)
+        match self {
+            Route::Matched(path) => path.as_str(),
+            Route::Known(path) => path,
+            Route::Unmatched => "unmatched",
+        }
     }
 }
 

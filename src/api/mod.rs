@@ -26,6 +26,7 @@ use crate::store::{DeviceStore, EventStore, NotificationStore, StateStore};
 pub mod devices;
 pub mod error;
 pub mod extract;
+pub mod fast;
 pub mod openapi;
 pub mod ops;
 pub mod public;
@@ -180,30 +181,59 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    // The id and the header echoing it, made once: a sensible id from the
-    // client is echoed as it came (no copy), else a UUIDv7 is formatted on
-    // the stack.
-    let given = request.headers().get(&X_REQUEST_ID).and_then(|value| {
+    let (request_id, echoed) = request_id(request.headers());
+    let route = crate::metrics::Route::of(request.extensions().get::<MatchedPath>().cloned());
+    let method = request.method().clone();
+    request.extensions_mut().insert(request_id);
+    let span = request_span(&echoed, &method, &route);
+    let response = next.run(request).instrument(span.clone()).await;
+    answered(&metrics, route, &method, started, &span, echoed, response)
+}
+
+/// The id of a request and the header echoing it, made once: a sensible id
+/// from the client is echoed as it came (no copy), else a UUIDv7 is formatted
+/// on the stack.
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> (RequestId, HeaderValue) {
+    let given = headers.get(&X_REQUEST_ID).and_then(|value| {
         let id = RequestId::parse(value.to_str().ok()?).ok()?;
         Some((id, value.clone()))
     });
-    let (request_id, echoed) = given.unwrap_or_else(|| {
+    given.unwrap_or_else(|| {
         let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
         let text = Uuid::now_v7().hyphenated().encode_lower(&mut text);
         (
             RequestId::parse(&*text).expect("a UUID is a valid request id"),
             HeaderValue::from_str(text).expect("a UUID is a valid header value"),
         )
-    });
-    let route = crate::metrics::Route(request.extensions().get::<MatchedPath>().cloned());
-    let method = request.method().clone();
-    request.extensions_mut().insert(request_id);
+    })
+}
+
+/// The span of a request: its id, method and route on every log line.
+pub(crate) fn request_span(
+    echoed: &HeaderValue,
+    method: &axum::http::Method,
+    route: &crate::metrics::Route,
+) -> tracing::Span {
     let request_id = echoed
         .to_str()
-        .expect("the request id is visible ASCII, checked above");
-    let span =
-        tracing::info_span!("request", request_id = %request_id, %method, route = route.as_str());
-    let mut response = next.run(request).instrument(span.clone()).await;
+        .expect("the request id is visible ASCII, checked when made");
+    tracing::info_span!("request", request_id = %request_id, %method, route = route.as_str())
+}
+
+/// Counts and logs an answered request (with the cause of any refusal or
+/// server error, reported to Sentry once for a server error) and echoes its id.
+pub(crate) fn answered(
+    metrics: &Metrics,
+    route: crate::metrics::Route,
+    method: &axum::http::Method,
+    started: Instant,
+    span: &tracing::Span,
+    echoed: HeaderValue,
+    mut response: Response,
+) -> Response {
+    let request_id = echoed
+        .to_str()
+        .expect("the request id is visible ASCII, checked when made");
     let status = response.status();
     let elapsed = started.elapsed();
     let latency_ms = elapsed.as_secs_f64() * 1_000.0;
@@ -211,7 +241,7 @@ pub async fn request_context(
         .http_requests
         .get_or_create(&HttpLabels {
             route: route.clone(),
-            method: crate::metrics::Method::of(&method),
+            method: crate::metrics::Method::of(method),
             status: crate::metrics::Status(status),
         })
         .inc();
@@ -219,7 +249,7 @@ pub async fn request_context(
         .http_duration
         .get_or_create(&RouteLabels {
             route: route.clone(),
-            method: crate::metrics::Method::of(&method),
+            method: crate::metrics::Method::of(method),
         })
         .observe(elapsed.as_secs_f64());
     let _entered = span.enter();

@@ -22,7 +22,7 @@ pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/v1/communes", get(search_communes))
         .route("/v1/communes/{code}", get(get_commune))
-        .route("/v1/communes/{code}/feed", get(get_feed))
+        .route(super::fast::FEED_ROUTE, get(get_feed))
         .route(
             "/v1/publications/{id}",
             get(get_publication)
@@ -329,7 +329,7 @@ fn not_modified(headers: &HeaderMap, etag: &str) -> bool {
 
 /// Answers from a rendered body: 304 when the client has it, else the body in
 /// the best encoding the client accepts, with its validators and caching rules.
-fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
+pub(crate) fn serve(rendered: &Rendered, request: &HeaderMap, app: &AppState) -> Response {
     let encoding = negotiate(request);
     let (body, etag, content_encoding): (&Bytes, &HeaderValue, Option<&'static str>) =
         match encoding {

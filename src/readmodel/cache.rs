@@ -203,8 +203,7 @@ impl FeedCache {
         let cached = self.feeds.get(&commune).await;
         let floor = self.store.floor();
         if let Some(hit) = &cached
-            && is_fresh(hit.fresh_until)
-            && hit.revision >= floor
+            && usable(hit, floor)
         {
             self.metrics.feed_cache_hits.inc();
             return Ok(hit.clone());
@@ -231,6 +230,17 @@ impl FeedCache {
             }
             (Err(error), None) => Err(error),
         }
+    }
+
+    /// The first page of a commune's feed if it is cached and fresh: what
+    /// `feed` answers without reading the store, and `None` where it would.
+    pub async fn cached_feed(&self, commune: InseeCode) -> Option<Arc<Rendered>> {
+        let hit = self.feeds.get(&commune).await?;
+        if !usable(&hit, self.store.floor()) {
+            return None;
+        }
+        self.metrics.feed_cache_hits.inc();
+        Some(hit)
     }
 
     /// A later page of a commune's feed (after `cursor`), rendered on demand.
@@ -413,6 +423,11 @@ impl FeedCache {
         self.feeds.run_pending_tasks().await;
         (self.feeds.entry_count(), self.feeds.weighted_size())
     }
+}
+
+/// Whether a cached page may be served: fresh, and of the live generation.
+fn usable(hit: &Rendered, floor: u64) -> bool {
+    is_fresh(hit.fresh_until) && hit.revision >= floor
 }
 
 fn entry_value<K, V>(result: CompResult<K, V>) -> Result<V, ReadModelError>

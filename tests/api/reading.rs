@@ -246,3 +246,82 @@ async fn the_view_beacon_is_rate_limited_per_client() {
     assert!(limited.headers().contains_key("retry-after"));
     assert_problem(limited, 429).await;
 }
+
+/// The first page of a cached feed is answered before the router (`api::fast`),
+/// a page not cached yet through it: both answer alike, the same status, body
+/// and headers but the request id and the date, for every encoding and for
+/// 304, and both are counted under the feed's route.
+#[tokio::test]
+async fn a_cached_feed_is_answered_as_one_not_cached_yet() {
+    let answer = |response: reqwest::Response| async move {
+        let status = response.status();
+        let mut headers: Vec<(String, String)> = response
+            .headers()
+            .iter()
+            .filter(|(name, _)| !matches!(name.as_str(), "x-request-id" | "date"))
+            .map(|(name, value)| (name.to_string(), value.to_str().unwrap().to_owned()))
+            .collect();
+        headers.sort();
+        (status, headers, response.bytes().await.unwrap())
+    };
+    let app = spawn_app().await;
+    let token = app.town_hall().await;
+    let id = app.publish_ok(&token, &notice(&["35238", "35051"])).await;
+    // Waited for without reading a feed: none is cached before the loop.
+    assert!(
+        app.eventually(Duration::from_secs(2), || async {
+            app.get(&format!("/v1/publications/{id}")).await.status() == 200
+        })
+        .await
+    );
+    for (commune, encoding) in [("35238", "identity"), ("35051", "gzip")] {
+        let path = format!("/v1/communes/{commune}/feed");
+        let headers = [("Accept-Encoding", encoding)];
+        let first = answer(app.get_with(&path, &headers).await).await;
+        let second = answer(app.get_with(&path, &headers).await).await;
+        assert_eq!(first.0, 200);
+        assert!(
+            first.2.len() > 100,
+            "{commune}: the feed holds the publication"
+        );
+        assert_eq!(first, second, "{commune}, {encoding}");
+    }
+    // Counted under the route, whichever way they were answered.
+    let metrics = app
+        .client
+        .get(format!("{}/metrics", app.ops_address))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let series = "panneau_http_requests_total{route=\"/v1/communes/{code}/feed\",method=\"GET\",status=\"200\"} 4";
+    assert!(
+        metrics.lines().any(|line| line == series),
+        "{series} in\n{metrics}"
+    );
+    // 304 both ways, on an instance where that (empty, so identical) feed is
+    // not cached yet.
+    let path = "/v1/communes/29019/feed";
+    let etag = app.get(path).await.headers()["etag"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    let other = spawn_app().await;
+    let brotli = [("Accept-Encoding", "br")];
+    let first = answer(other.get_with("/v1/communes/35047/feed", &brotli).await).await;
+    let second = answer(other.get_with("/v1/communes/35047/feed", &brotli).await).await;
+    assert_eq!(first.0, 200);
+    assert_eq!(first, second);
+    let headers = [("If-None-Match", etag.as_str())];
+    let first = answer(other.get_with(path, &headers).await).await;
+    let second = answer(other.get_with(path, &headers).await).await;
+    assert_eq!(first.0, 304);
+    assert_eq!(first, second);
+    // Requests the shortcut does not take still go to the router.
+    assert_problem(other.get("/v1/communes/3523/feed").await, 400).await;
+    assert_problem(other.get("/v1/communes/99999/feed").await, 404).await;
+    let paged = other.get(&format!("{path}?cursor=nonsense")).await;
+    assert_problem(paged, 400).await;
+}
