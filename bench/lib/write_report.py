@@ -218,9 +218,40 @@ if feed_rows:
                       "milliseconds under Linux's scheduler), the more often the busier the server keeps",
                       "its cores; nginx's own p99 at 64 connections spans %s over this run's three"
                       % p99_spread(feed_rows, "feed nginx identity c64"),
-                      "measurements. Telling the server's tail from the load generator's needs a second",
-                      "machine; not done."]
+                      "measurements."]
+            ours = feed_rows.get("feed pinned panneau identity c64")
+            theirs = feed_rows.get("feed pinned nginx identity c64")
+            if ours and theirs:
+                lines += ["With wrk on a core of its own and each server on the other (table below), identity",
+                          "at 64 connections has a p99 of %.1f ms for Panneau and %.1f ms for nginx."
+                          % (med(ours, "p99_us")[0] / 1000, med(theirs, "p99_us")[0] / 1000)]
+            lines += ["A load generator on a second machine would settle it; not done."]
         lines += [""]
+    pinned = {k: v for k, v in feed_rows.items() if k.startswith("feed pinned ")}
+    if pinned:
+        lines += [
+            "The same loads at 64 connections with wrk on a core of its own and the server (all",
+            "its threads, or every nginx worker) on the other, so that neither waits out the",
+            "other's time slices: a diagnostic of where a tail comes from, not the comparison",
+            "above (each server has one core here, where Panneau has both in the run above).",
+            "",
+            "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for encoding in ("identity", "gzip"):
+            base = pinned.get("feed pinned nginx %s c64" % encoding)
+            base_rps = med(base, "rps")[0] if base else None
+            for target in ("panneau", "nginx"):
+                group = pinned.get("feed pinned %s %s c64" % (target, encoding))
+                if not group:
+                    continue
+                rps = med(group, "rps")
+                ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
+                lines.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
+                    encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
+                    med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+        lines += ["", "Command: `bench/run feed` (`taskset -c 1 wrk -t2 -c64 -d5s`, the server's threads "
+                  "moved to core 0 with `taskset -a -p -c 0`; 3 runs each).", ""]
     h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
     if h2:
         lines += [
