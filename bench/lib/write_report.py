@@ -233,7 +233,7 @@ if feed_rows:
             "The same loads at 64 connections with wrk on a core of its own and the server (all",
             "its threads, or every nginx worker) on the other, so that neither waits out the",
             "other's time slices: a diagnostic of where a tail comes from, not the comparison",
-            "above (each server has one core here, where Panneau has both in the run above).",
+            "above (each server has one core here, and both in the run above).",
             "",
             "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
             "|---|---|---|---|---|---|---|---|",
