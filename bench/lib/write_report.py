@@ -227,7 +227,8 @@ if feed_rows:
                           % (med(ours, "p99_us")[0] / 1000, med(theirs, "p99_us")[0] / 1000)]
             lines += ["A load generator on a second machine would settle it; not done."]
         lines += [""]
-    pinned = {k: v for k, v in feed_rows.items() if k.startswith("feed pinned ")}
+    pinned = {k: v for k, v in feed_rows.items()
+              if k.startswith("feed pinned ") and not k.startswith("feed pinned h2 ")}
     if pinned:
         lines += [
             "The same loads at 64 connections with wrk on a core of its own and the server (all",
@@ -287,10 +288,34 @@ if feed_rows:
         if slower_tail:
             lines += [
                 "This run's p99 is above nginx's for %s. Where that tail comes from is not" % " and ".join(slower_tail),
-                "profiled yet (the profiles below are of HTTP/1.1); the first suspect is how hyper's",
-                "HTTP/2 server, with its defaults, writes every stream's frames from one task per",
-                "connection. Not fixed yet.",
+                "profiled yet (the profiles below are of HTTP/1.1); the suspects are the cores shared",
+                "with h2load, as over HTTP/1.1, and how hyper's HTTP/2 server, with its defaults,",
+                "writes every stream's frames from one task per connection. Not fixed yet.",
             ]
+        pinned_h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed pinned h2 ")}
+        if pinned_h2:
+            lines += [
+                "",
+                "The same with h2load on a core of its own and the server on the other (the",
+                "diagnostic described for HTTP/1.1 above):",
+                "",
+                "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
+                "|---|---|---|---|---|---|---|---|",
+            ]
+            for encoding in ("identity", "gzip"):
+                base = pinned_h2.get("feed pinned h2 nginx %s c64" % encoding)
+                base_rps = med(base, "rps")[0] if base else None
+                for target in ("panneau", "nginx"):
+                    group = pinned_h2.get("feed pinned h2 %s %s c64" % (target, encoding))
+                    if not group:
+                        continue
+                    rps = med(group, "rps")
+                    ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
+                    lines.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
+                        encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
+                        med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+            lines += ["", "Command: `bench/run feed` (`taskset -c 1 h2load -t2 -c64 -m10 -D5 --warm-up-time=1`, "
+                      "the server's threads on core 0; 3 runs each)."]
         lines += [""]
 
 write_rows = [(c, groups.get("write api c%d" % c), groups.get("write bare c%d" % c)) for c in (1, 16, 64)]
