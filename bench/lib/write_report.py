@@ -195,7 +195,7 @@ if feed_rows:
             ratio = med(ours, "rps")[0] / med(base, "rps")[0]
             p99, base_p99 = med(ours, "p99_us")[0], med(base, "p99_us")[0]
             if ratio < 1.0 or p99 > base_p99:
-                missed.append((ratio, "%s at %d connections (%.2f× nginx, p99 %.1f ms against %.1f ms)"
+                missed.append((ratio, "%s at %d connections (%.2f× nginx, p99 %.2f ms against %.2f ms)"
                                % (encoding, c, ratio, p99 / 1000, base_p99 / 1000)))
     if missed:
         lines += ["This run missed the target for " + "; ".join(m for _, m in missed) + "."]
@@ -316,6 +316,20 @@ if feed_rows:
                         med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
             lines += ["", "Command: `bench/run feed` (`taskset -c 1 h2load -t2 -c64 -m10 -D5 --warm-up-time=1`, "
                       "the server's threads on core 0; 3 runs each)."]
+            still = []
+            for encoding in slower_tail:
+                ours = pinned_h2.get("feed pinned h2 panneau %s c64" % encoding)
+                base = pinned_h2.get("feed pinned h2 nginx %s c64" % encoding)
+                if ours and base and med(ours, "p99_us")[0] > med(base, "p99_us")[0]:
+                    still.append("%s (p99 %.1f ms against %.1f ms)" % (
+                        encoding, med(ours, "p99_us")[0] / 1000, med(base, "p99_us")[0] / 1000))
+            if still:
+                lines += ["", "With h2load on its own core the p99 is still above nginx's for " + " and ".join(still)
+                          + ": that part of the tail is the server's own, and hyper's HTTP/2 server is where to",
+                          "look next."]
+            elif slower_tail:
+                lines += ["", "With h2load on its own core Panneau's p99 is at or below nginx's: the tail above",
+                          "comes most likely from sharing the cores with the load generator."]
         lines += [""]
 
 write_rows = [(c, groups.get("write api c%d" % c), groups.get("write bare c%d" % c)) for c in (1, 16, 64)]
