@@ -15,6 +15,25 @@ for r in rows:
     groups[r["name"].rsplit(" run", 1)[0]].append(r)
 
 
+def encoding_table(rows, prefix, targets):
+    """Rows of a table by encoding then server, at 64 connections, each with its
+    ratio to nginx: `prefix` names the groups ("feed h2", "feed pinned", ...)."""
+    out = []
+    for encoding in ("identity", "gzip"):
+        base = rows.get("%s nginx %s c64" % (prefix, encoding))
+        base_rps = med(base, "rps")[0] if base else None
+        for target in targets:
+            group = rows.get("%s %s %s c64" % (prefix, target, encoding))
+            if not group:
+                continue
+            rps = med(group, "rps")
+            ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
+            out.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
+                encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
+                med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+    return out
+
+
 def p99_spread(rows, key):
     """The min–max of a group's p99 across its runs, in ms."""
     values = sorted(r["p99_us"] for r in rows.get(key, []))
@@ -239,18 +258,7 @@ if feed_rows:
             "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for encoding in ("identity", "gzip"):
-            base = pinned.get("feed pinned nginx %s c64" % encoding)
-            base_rps = med(base, "rps")[0] if base else None
-            for target in ("panneau", "nginx"):
-                group = pinned.get("feed pinned %s %s c64" % (target, encoding))
-                if not group:
-                    continue
-                rps = med(group, "rps")
-                ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
-                lines.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
-                    encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
-                    med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+        lines += encoding_table(pinned, "feed pinned", ("panneau", "nginx"))
         lines += ["", "Command: `bench/run feed` (`taskset -c 1 wrk -t2 -c64 -d5s`, the server's threads "
                   "moved to core 0 with `taskset -a -p -c 0`; 3 runs each).", ""]
     h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
@@ -262,18 +270,7 @@ if feed_rows:
             "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
             "|---|---|---|---|---|---|---|---|",
         ]
-        for encoding in ("identity", "gzip"):
-            base = h2.get("feed h2 nginx %s c64" % encoding)
-            base_rps = med(base, "rps")[0] if base else None
-            for target in ("panneau", "nginx", "varnish"):
-                group = h2.get("feed h2 %s %s c64" % (target, encoding))
-                if not group:
-                    continue
-                rps = med(group, "rps")
-                ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
-                lines.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
-                    encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
-                    med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+        lines += encoding_table(h2, "feed h2", ("panneau", "nginx", "varnish"))
         lines += [
             "",
             "Command: `bench/run feed` (h2load `-t2 -c64 -m10 -D5 --warm-up-time=1`, latencies from",
@@ -302,18 +299,7 @@ if feed_rows:
                 "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
                 "|---|---|---|---|---|---|---|---|",
             ]
-            for encoding in ("identity", "gzip"):
-                base = pinned_h2.get("feed pinned h2 nginx %s c64" % encoding)
-                base_rps = med(base, "rps")[0] if base else None
-                for target in ("panneau", "nginx"):
-                    group = pinned_h2.get("feed pinned h2 %s %s c64" % (target, encoding))
-                    if not group:
-                        continue
-                    rps = med(group, "rps")
-                    ratio = "%.2f" % (rps[0] / base_rps) if base_rps else "n/a"
-                    lines.append("| %s | %s | %.0f (%.0f–%.0f) | %s | %.0f µs | %.0f µs | %.0f µs | %d |" % (
-                        encoding, target, rps[0], rps[1], rps[2], ratio, med(group, "p50_us")[0],
-                        med(group, "p99_us")[0], med(group, "p999_us")[0], sum(r["errors"] for r in group)))
+            lines += encoding_table(pinned_h2, "feed pinned h2", ("panneau", "nginx"))
             lines += ["", "Command: `bench/run feed` (`taskset -c 1 h2load -t2 -c64 -m10 -D5 --warm-up-time=1`, "
                       "the server's threads on core 0; 3 runs each)."]
             still = []
