@@ -16,9 +16,10 @@ for r in rows:
 
 
 def encoding_table(rows, prefix, targets):
-    """Rows of a table by encoding then server, at 64 connections, each with its
+    """A table by encoding then server, at 64 connections, each with its
     ratio to nginx: `prefix` names the groups ("feed h2", "feed pinned", ...)."""
-    out = []
+    out = ["| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
+           "|---|---|---|---|---|---|---|---|"]
     for encoding in ("identity", "gzip"):
         base = rows.get("%s nginx %s c64" % (prefix, encoding))
         base_rps = med(base, "rps")[0] if base else None
@@ -255,8 +256,6 @@ if feed_rows:
             "other's time slices: a diagnostic of where a tail comes from, not the comparison",
             "above (each server has one core here, and both in the run above).",
             "",
-            "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
-            "|---|---|---|---|---|---|---|---|",
         ]
         lines += encoding_table(pinned, "feed pinned", ("panneau", "nginx"))
         lines += ["", "Command: `bench/run feed` (`taskset -c 1 wrk -t2 -c64 -d5s`, the server's threads "
@@ -267,8 +266,6 @@ if feed_rows:
             "Over HTTP/2 (cleartext, prior knowledge), 64 connections of 10 concurrent streams each,",
             "measured with h2load (nginx: `listen … http2`; Varnish: `feature=+http2`):",
             "",
-            "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
-            "|---|---|---|---|---|---|---|---|",
         ]
         lines += encoding_table(h2, "feed h2", ("panneau", "nginx", "varnish"))
         lines += [
@@ -296,8 +293,6 @@ if feed_rows:
                 "The same with h2load on a core of its own and the server on the other (the",
                 "diagnostic described for HTTP/1.1 above):",
                 "",
-                "| encoding | server | requests/s (median, spread) | × nginx | p50 | p99 | p99.9 | errors |",
-                "|---|---|---|---|---|---|---|---|",
             ]
             lines += encoding_table(pinned_h2, "feed pinned h2", ("panneau", "nginx"))
             lines += ["", "Command: `bench/run feed` (`taskset -c 1 h2load -t2 -c64 -m10 -D5 --warm-up-time=1`, "

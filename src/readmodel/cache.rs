@@ -213,9 +213,7 @@ impl FeedCache {
             .feeds
             .entry(commune)
             .and_try_compute_with(|existing| async move {
-                if existing
-                    .is_some_and(|e| is_fresh(e.value().fresh_until) && e.value().revision >= floor)
-                {
+                if existing.is_some_and(|e| usable(e.value(), floor)) {
                     return Ok(Op::Nop);
                 }
                 let document = self.load(&feed_key(&commune)).await?;

@@ -395,16 +395,9 @@ async fn an_instance_killed_during_a_burst_loses_no_acknowledged_publication() {
 }
 
 async fn loads(app: &TestApp) -> u64 {
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.ops_address))
-        .send()
+    app.metrics_text()
         .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("panneau_feed_store_loads_total "))
         .and_then(|v| v.trim().parse().ok())
         .expect("the metric is exposed")

@@ -246,6 +246,18 @@ impl TestApp {
         format!("{}{path}", self.address)
     }
 
+    /// The instance's metrics, as its ops listener serves them.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(format!("{}/metrics", self.ops_address))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     pub async fn get(&self, path: &str) -> reqwest::Response {
         self.client.get(self.url(path)).send().await.unwrap()
     }

@@ -287,15 +287,7 @@ async fn a_cached_feed_is_answered_as_one_not_cached_yet() {
         assert_eq!(first, second, "{commune}, {encoding}");
     }
     // Counted under the route, whichever way they were answered.
-    let metrics = app
-        .client
-        .get(format!("{}/metrics", app.ops_address))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics_text().await;
     let series = "panneau_http_requests_total{route=\"/v1/communes/{code}/feed\",method=\"GET\",status=\"200\"} 4";
     assert!(
         metrics.lines().any(|line| line == series),
