@@ -397,19 +397,26 @@ impl Application {
                 stop_tasks.clone(),
             )),
         ));
-        let settings = notifier_settings(&config);
-        let fanout = FanOut {
-            store: Arc::new(store.clone()),
-            metrics: metrics.clone(),
-            gateways,
-            rate: Arc::new(RateLimiter::new(settings.rate_per_second)),
-            settings,
-            owner: Uuid::now_v7(),
-        };
-        tasks.push((
-            "fan-out",
-            tokio::spawn(fanout.run(wake_fanout, stop_tasks.clone())),
-        ));
+        // Fan-out jobs are shared through the store: an instance that could
+        // send to no device must not claim one, or its devices would be
+        // counted failed while another instance could have reached them.
+        if gateways.is_empty() {
+            tracing::info!("no push gateway configured: this instance takes no fan-out work");
+        } else {
+            let settings = notifier_settings(&config);
+            let fanout = FanOut {
+                store: Arc::new(store.clone()),
+                metrics: metrics.clone(),
+                gateways,
+                rate: Arc::new(RateLimiter::new(settings.rate_per_second)),
+                settings,
+                owner: Uuid::now_v7(),
+            };
+            tasks.push((
+                "fan-out",
+                tokio::spawn(fanout.run(wake_fanout, stop_tasks.clone())),
+            ));
+        }
         if let Some(vault) = secrets.vault.clone() {
             tasks.push((
                 "vault token",

@@ -87,6 +87,11 @@ impl std::fmt::Debug for Gateways {
 }
 
 impl Gateways {
+    /// No push service is configured: the instance sends nothing.
+    pub fn is_empty(&self) -> bool {
+        self.fcm.is_none() && self.apns.is_none() && self.webpush.is_none()
+    }
+
     pub fn for_platform(&self, platform: Platform) -> Option<&Arc<dyn PushGateway>> {
         match platform {
             Platform::Fcm => self.fcm.as_ref(),

@@ -550,6 +550,61 @@ async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() 
     store.close().await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_instance_without_push_gateways_leaves_the_fan_out_to_one_that_has_them() {
+    use panneau::store::{JobStatus, NotificationStore};
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let fake = crate::fake_push::FakePush::start(true).await;
+    let silent = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = silent
+        .publisher("Mairie", communes(&["35238"]), panneau_domain::Role::Editor)
+        .await;
+    let device = silent
+        .client
+        .post(silent.url("/v1/devices"))
+        .json(&json!({"platform": "fcm", "token": "fcm-mixed-device", "locale": "fr", "communes": ["35238"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(device.status(), 201);
+    let id = silent.publish_ok(&token, &notice(&["35238"])).await;
+    let publication = panneau_domain::PublicationId::parse(&id).unwrap();
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+
+    // The job is recorded; the instance that could reach nobody leaves it be,
+    // where it used to claim it and count the device failed.
+    assert!(
+        silent
+            .eventually(WAIT, || async {
+                store.job(publication).await.unwrap().is_some()
+            })
+            .await,
+        "the notifier records the job"
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let job = store.job(publication).await.unwrap().unwrap();
+    assert_eq!(job.status, JobStatus::Pending);
+    assert_eq!((job.sent, job.failed), (0, 0));
+
+    let _sender =
+        crate::push::app_with(&fake, Some(&database.url()), Some(&nats.url()), |_| {}).await;
+    assert!(
+        silent
+            .eventually(WAIT, || async {
+                store.job(publication).await.unwrap().unwrap().status == JobStatus::Done
+            })
+            .await,
+        "the instance with a gateway runs the job"
+    );
+    let job = store.job(publication).await.unwrap().unwrap();
+    assert_eq!((job.sent, job.failed), (1, 0));
+    assert_eq!(fake.accepted(), 1);
+    store.close().await;
+}
+
 #[tokio::test]
 async fn an_embedded_export_imported_into_the_cluster_is_served_there_and_never_notified() {
     use crate::helpers::{panneau_cli, spawn_app, succeeded};
