@@ -40,6 +40,9 @@ pub enum Dialect {
     MariaDb,
 }
 
+/// How long opening the embedded database may take before the start fails.
+const SQLITE_OPEN_WITHIN: Duration = Duration::from_secs(15);
+
 /// Tuning of the connection pool.
 #[derive(Debug, Clone)]
 pub struct PoolSettings {
@@ -251,10 +254,23 @@ impl SqlStore {
                 })
             });
         let pool = match dialect {
-            Dialect::Sqlite => pool
-                .connect_with(options)
-                .await
-                .map_err(StoreError::from_sqlx)?,
+            // The file is local: a first connection slower than the acquire
+            // timeout (a disk busy with other fsyncs) is waited for rather
+            // than failing the start.
+            Dialect::Sqlite => {
+                let deadline = tokio::time::Instant::now() + SQLITE_OPEN_WITHIN;
+                loop {
+                    match pool.clone().connect_with(options.clone()).await {
+                        Ok(pool) => break pool,
+                        Err(sqlx::Error::PoolTimedOut)
+                            if tokio::time::Instant::now() < deadline =>
+                        {
+                            tracing::warn!("the SQLite database is slow to open; trying again");
+                        }
+                        Err(error) => return Err(StoreError::from_sqlx(error)),
+                    }
+                }
+            }
             Dialect::MariaDb => pool.connect_lazy_with(options),
         };
         Ok(Self {

@@ -204,6 +204,38 @@ async fn the_sqlite_store_keeps_the_event_store_contract() {
     event_store_contract(&store).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_embedded_database_slow_to_open_is_waited_for_at_start() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().unwrap();
+    let url = crate::helpers::database_url(dir.path());
+    // Another process holds the file in an exclusive transaction (rollback
+    // journal): opening it waits for the lock longer than the pool's
+    // acquire timeout, as on a disk busy with other writes.
+    let mut holder = sqlx::sqlite::SqliteConnection::connect(&format!("{url}?mode=rwc"))
+        .await
+        .unwrap();
+    sqlx::raw_sql("BEGIN EXCLUSIVE; CREATE TABLE held (a INTEGER)")
+        .execute(&mut holder)
+        .await
+        .unwrap();
+    let settings = PoolSettings {
+        acquire_timeout: std::time::Duration::from_millis(500),
+        ..PoolSettings::default()
+    };
+    let opening = tokio::spawn(async move { SqlStore::connect(&url, &settings).await });
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert!(!opening.is_finished(), "the start waits for the database");
+    sqlx::raw_sql("COMMIT").execute(&mut holder).await.unwrap();
+    holder.close().await.unwrap();
+    let store = opening
+        .await
+        .unwrap()
+        .expect("the database opens once free");
+    store.migrate().await.unwrap();
+    event_store_contract(&store).await;
+}
+
 #[tokio::test]
 async fn a_mariadb_server_without_the_outbox_trigger_is_refused() {
     let database = crate::infra::TestDatabase::create(&crate::infra::shared_mariadb_url()).await;
