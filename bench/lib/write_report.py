@@ -285,8 +285,8 @@ if feed_rows:
             lines += [
                 "This run's p99 is above nginx's for %s. Where that tail comes from is not" % " and ".join(slower_tail),
                 "profiled yet (the profiles below are of HTTP/1.1); the suspects are the cores shared",
-                "with h2load, as over HTTP/1.1, and how hyper's HTTP/2 server, with its defaults,",
-                "writes every stream's frames from one task per connection. Not fixed yet.",
+                "with h2load, as over HTTP/1.1 (the pinned runs below), and hyper's HTTP/2 server",
+                "(the system calls per response, further below). Not fixed yet.",
             ]
         pinned_h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed pinned h2 ")}
         if pinned_h2:
@@ -313,6 +313,30 @@ if feed_rows:
             elif slower_tail:
                 lines += ["", "With h2load on its own core Panneau's p99 is at or below nginx's: the tail above",
                           "comes most likely from sharing the cores with the load generator."]
+        traced = {(t, e): groups.get("syscalls h2 %s %s" % (t, e))
+                  for t in ("panneau", "nginx") for e in ("identity", "gzip")}
+        if all(traced.values()):
+            lines += [
+                "",
+                "System calls per response over HTTP/2, counted by `strace -f -c` on every thread of",
+                "Panneau or every nginx worker while h2load sends 50,000 requests (64 connections,",
+                "10 streams each; strace slows both servers, so no rate or latency comes from these runs):",
+                "",
+                "| encoding | server | writes (write, writev, sendfile, sendmsg) | reads | waits (epoll, futex) | all |",
+                "|---|---|---|---|---|---|",
+            ]
+            for (target, encoding), rows in traced.items():
+                r = rows[0]
+                lines.append("| %s | %s | %.2f | %.2f | %.2f | %.2f |" % (
+                    encoding, target, r["writes_per_response"], r["reads_per_response"],
+                    r["waits_per_response"], r["all_per_response"]))
+            fewer = all(traced[("panneau", e)][0]["writes_per_response"]
+                        <= traced[("nginx", e)][0]["writes_per_response"] for e in ("identity", "gzip"))
+            lines += ["", "Command: `bench/run feed` (`strace -f -c -p …` around `h2load -t2 -c64 -m10 -n 50000`)."]
+            if fewer:
+                lines += ["Panneau makes no more writes per response than nginx (hyper's HTTP/2 server writes",
+                          "a response's frames together, nginx writes its frames and sends the file apart):",
+                          "the number of writes does not explain a longer tail."]
         lines += [""]
 
 write_rows = [(c, groups.get("write api c%d" % c), groups.get("write bare c%d" % c)) for c in (1, 16, 64)]
