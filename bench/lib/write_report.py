@@ -46,6 +46,15 @@ def med(group, key):
     values = [r[key] for r in group]
     return statistics.median(values), min(values), max(values)
 
+def p99s_if_behind(rows, prefix, encoding):
+    """(Panneau's, nginx's) median p99 in µs of `prefix` at 64 connections when
+    Panneau's is the higher, else None."""
+    ours = rows.get("%s panneau %s c64" % (prefix, encoding))
+    base = rows.get("%s nginx %s c64" % (prefix, encoding))
+    if ours and base and med(ours, "p99_us")[0] > med(base, "p99_us")[0]:
+        return med(ours, "p99_us")[0], med(base, "p99_us")[0]
+    return None
+
 def version(cmd):
     try:
         return subprocess.run(cmd, capture_output=True, text=True, shell=True).stdout.strip().splitlines()[0]
@@ -275,12 +284,7 @@ if feed_rows:
             "Command: `bench/run feed` (h2load `-t2 -c64 -m10 -D5 --warm-up-time=1`, latencies from",
             "its per-request log; 3 runs each). With 640 streams in flight, latency is mostly queueing.",
         ]
-        slower_tail = []
-        for encoding in ("identity", "gzip"):
-            ours = h2.get("feed h2 panneau %s c64" % encoding)
-            base = h2.get("feed h2 nginx %s c64" % encoding)
-            if ours and base and med(ours, "p99_us")[0] > med(base, "p99_us")[0]:
-                slower_tail.append(encoding)
+        slower_tail = [e for e in ("identity", "gzip") if p99s_if_behind(h2, "feed h2", e)]
         if slower_tail:
             lines += [
                 "This run's p99 is above nginx's for %s. Where that tail comes from is not" % " and ".join(slower_tail),
@@ -301,11 +305,10 @@ if feed_rows:
                       "the server's threads on core 0; 3 runs each)."]
             still = []
             for encoding in slower_tail:
-                ours = pinned_h2.get("feed pinned h2 panneau %s c64" % encoding)
-                base = pinned_h2.get("feed pinned h2 nginx %s c64" % encoding)
-                if ours and base and med(ours, "p99_us")[0] > med(base, "p99_us")[0]:
+                behind = p99s_if_behind(pinned_h2, "feed pinned h2", encoding)
+                if behind:
                     still.append("%s (p99 %.1f ms against %.1f ms)" % (
-                        encoding, med(ours, "p99_us")[0] / 1000, med(base, "p99_us")[0] / 1000))
+                        encoding, behind[0] / 1000, behind[1] / 1000))
             if still:
                 lines += ["", "With h2load on its own core the p99 is still above nginx's for " + " and ".join(still)
                           + ": that part of the tail is the server's own, and hyper's HTTP/2 server is where to",
