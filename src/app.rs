@@ -388,6 +388,16 @@ impl Application {
             "cache follower",
             tokio::spawn(async move { follower.follow(changes, token).await }),
         ));
+        if nats.is_some() {
+            tasks.push((
+                "feed overlay",
+                tokio::spawn(crate::overlay::run(
+                    store.clone(),
+                    cache.clone(),
+                    stop_tasks.clone(),
+                )),
+            ));
+        }
         let commands = CommandHandler::new(log.clone(), metrics.clone());
         tasks.push((
             "scheduler",

@@ -15,6 +15,7 @@ pub mod config;
 pub mod health;
 pub mod metrics;
 pub mod notifier;
+pub mod overlay;
 pub mod projector;
 pub mod push;
 pub mod readmodel;

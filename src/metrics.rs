@@ -171,6 +171,7 @@ pub struct Metrics {
     pub feed_store_loads: Counter,
     pub feed_cache_entries: Gauge,
     pub feed_cache_bytes: Gauge,
+    pub feed_overlay_publications: Gauge,
     pub commands: Family<CommandLabels, Counter>,
     pub outbox_backlog: Gauge,
     pub outbox_oldest_age: FloatGauge,
@@ -240,6 +241,12 @@ impl Metrics {
             "feed_cache_bytes",
             "Bytes of rendered feeds in the cache",
             feed_cache_bytes.clone(),
+        );
+        let feed_overlay_publications = Gauge::default();
+        registry.register(
+            "feed_overlay_publications",
+            "Publications shown from the event log because the feed store has not caught up with them (broker away)",
+            feed_overlay_publications.clone(),
         );
         let commands = Family::<CommandLabels, Counter>::default();
         registry.register("commands", "Commands by type and outcome", commands.clone());
@@ -337,6 +344,7 @@ impl Metrics {
             feed_store_loads,
             feed_cache_entries,
             feed_cache_bytes,
+            feed_overlay_publications,
             commands,
             outbox_backlog,
             outbox_oldest_age,

@@ -218,6 +218,97 @@ impl FeedDocument {
     }
 }
 
+impl FeedDocument {
+    /// A board made of `entries`, already in feed order (a rendered page read back).
+    pub(crate) fn from_sorted(entries: Vec<FeedEntry>) -> Self {
+        Self { entries }
+    }
+
+    /// Lays a publication the board has not caught up with over it: its entry
+    /// at the log's latest version replaces an older one on this board, or
+    /// takes it off the board if that version is not shown here. A board that
+    /// already holds that version or a later one is left as it is.
+    pub fn overlay(&mut self, pending: &PendingPublication, commune: &InseeCode, now: Timestamp) {
+        if !pending.touched.contains(commune)
+            || self
+                .entries
+                .iter()
+                .any(|e| e.view.id == pending.id && e.view.version >= pending.version)
+        {
+            return;
+        }
+        let change = match &pending.entry {
+            Some(entry) if pending.shown_on.contains(commune) => FeedChange::Upsert(entry.clone()),
+            _ => FeedChange::Remove(pending.id),
+        };
+        self.apply_owned(change, now);
+    }
+}
+
+/// A publication as the log has it, folded from its whole stream, for boards
+/// that have not caught up with it yet (the broker is away: see
+/// [`FeedDocument::overlay`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PendingPublication {
+    pub id: PublicationId,
+    /// The latest version of its stream.
+    pub version: u64,
+    /// Its entry at that version; `None` once retracted.
+    entry: Option<FeedEntry>,
+    /// The communes whose boards show it at that version.
+    shown_on: BTreeSet<InseeCode>,
+    /// Every commune a version of it was ever on: their boards may hold an
+    /// older version to replace or take off.
+    touched: BTreeSet<InseeCode>,
+}
+
+impl PendingPublication {
+    /// Folds a whole stream, versions from 1 in order (redeliveries are
+    /// ignored). `None` for an empty stream or one with a gap.
+    pub fn fold<'a>(
+        events: impl IntoIterator<Item = &'a Envelope<PublicationEvent>>,
+    ) -> Option<Self> {
+        let mut record: Option<PublicationState> = None;
+        let mut touched = BTreeSet::new();
+        for event in events {
+            let step = match precheck(record.as_ref(), event.stream_version) {
+                Some(early) => early,
+                None => step_from(record.take(), &event.payload),
+            };
+            match step {
+                Step::Duplicate => {}
+                Step::Gap { .. } => return None,
+                Step::Apply {
+                    record: next,
+                    changes,
+                } => {
+                    touched.extend(changes.into_iter().map(|(commune, _)| commune));
+                    record = Some(*next);
+                }
+            }
+        }
+        let record = record?;
+        let entry = FeedEntry::of(&record);
+        let shown_on = if entry.is_some() {
+            record.content.communes.as_set().clone()
+        } else {
+            BTreeSet::new()
+        };
+        Some(Self {
+            id: record.id,
+            version: record.version,
+            entry,
+            shown_on,
+            touched,
+        })
+    }
+
+    /// The communes whose boards this publication may change.
+    pub fn touched(&self) -> &BTreeSet<InseeCode> {
+        &self.touched
+    }
+}
+
 /// What applying one event means for the read model.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {

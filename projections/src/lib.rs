@@ -12,7 +12,8 @@ pub mod stats;
 
 pub use communes::{CommuneView, Communes};
 pub use feed::{
-    FeedChange, FeedDocument, FeedEntry, FeedProjection, PublicationView, SortKey, Step, step,
+    FeedChange, FeedDocument, FeedEntry, FeedProjection, PendingPublication, PublicationView,
+    SortKey, Step, step,
 };
-pub use render::{PAGE_SIZE, RenderedPage, render_page};
+pub use render::{PAGE_SIZE, RenderedPage, page_board, render_known_page, render_page};
 pub use stats::{PublisherStats, StatsProjection, StatsStep, StatsSummary};

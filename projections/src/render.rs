@@ -1,10 +1,10 @@
 //! Feed pages rendered to the JSON bytes the apps read.
 
 use panneau_domain::Timestamp;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::communes::CommuneView;
-use crate::feed::{FeedDocument, PublicationView, SortKey};
+use crate::feed::{FeedDocument, FeedEntry, PublicationView, SortKey};
 
 /// Publications per page.
 pub const PAGE_SIZE: usize = 20;
@@ -63,4 +63,71 @@ pub fn render_page(
         json,
         next_change: doc.next_change_after(now),
     }
+}
+
+/// What [`page_board`] reads back from a rendered page.
+#[derive(Deserialize)]
+struct RenderedFeedPage {
+    publications: Vec<PublicationView>,
+    next: Option<String>,
+}
+
+/// The board a rendered first page shows, read back from its JSON, and its
+/// horizon: the position of its last entry when the board it was rendered
+/// from held more (`None` when the page showed the whole board). Nothing is
+/// known of the board past the horizon.
+///
+/// # Errors
+/// When `json` is not a page [`render_page`] wrote.
+pub fn page_board(json: &[u8]) -> Result<(FeedDocument, Option<SortKey>), serde_json::Error> {
+    let page: RenderedFeedPage = serde_json::from_slice(json)?;
+    let horizon = page.next.as_deref().and_then(SortKey::from_cursor);
+    let entries = page
+        .publications
+        .into_iter()
+        .map(|view| FeedEntry {
+            // It was visible when rendered, which is all a board needs of it.
+            shown_from: view.published_at,
+            view,
+        })
+        .collect();
+    Ok((FeedDocument::from_sorted(entries), horizon))
+}
+
+/// [`render_page`] for a board known only down to `horizon` (see
+/// [`page_board`]): entries past the horizon are left out, since the board's
+/// own entries there are not known, and the page links on from its last entry
+/// (the board goes on). `None` when no known entry follows `after`; the first
+/// page is always rendered, empty if need be, linking on from the horizon.
+pub fn render_known_page(
+    commune: &CommuneView,
+    doc: &FeedDocument,
+    now: Timestamp,
+    after: Option<SortKey>,
+    page_size: usize,
+    horizon: Option<SortKey>,
+) -> Option<RenderedPage> {
+    let Some(horizon) = horizon else {
+        return Some(render_page(commune, doc, now, after, page_size));
+    };
+    let page: Vec<_> = doc
+        .visible_after(now, after)
+        .take_while(|e| e.sort_key() <= horizon)
+        .take(page_size)
+        .collect();
+    let next = match page.last() {
+        Some(last) => last.sort_key(),
+        None if after.is_none() => horizon,
+        None => return None,
+    };
+    let json = serde_json::to_vec(&FeedPage {
+        commune,
+        publications: page.iter().map(|e| &e.view).collect(),
+        next: Some(next.to_cursor()),
+    })
+    .expect("a feed page always serialises");
+    Some(RenderedPage {
+        json,
+        next_change: doc.next_change_after(now),
+    })
 }

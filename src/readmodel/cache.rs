@@ -6,9 +6,15 @@
 //! feed of the store when its document changes. Concurrent misses for one key
 //! cost one load: loads and refreshes of a key run one at a time, under moka's
 //! per-key compute lock.
+//!
+//! While the store has not caught up with the log (the broker is away), the
+//! publications the log holds beyond it are laid over the feeds (see
+//! [`FeedCache::lay_over`]): a cached first page is read back, the pending
+//! publications folded in, and every page down to its horizon served again.
 
+use std::collections::{BTreeSet, HashMap};
 use std::io::Write;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -17,7 +23,10 @@ use futures_util::stream::BoxStream;
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use panneau_domain::{InseeCode, PublicationId, PublicationState, Status, Timestamp};
-use panneau_projections::{Communes, FeedDocument, FeedEntry, PAGE_SIZE, SortKey, render_page};
+use panneau_projections::{
+    Communes, FeedDocument, FeedEntry, PAGE_SIZE, PendingPublication, SortKey, page_board,
+    render_known_page, render_page,
+};
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
@@ -42,6 +51,9 @@ pub struct Rendered {
     pub etag_headers: Box<[http::HeaderValue; 3]>,
     /// When the content changes by time alone; the entry expires then.
     pub fresh_until: Option<Instant>,
+    /// For a page rendered over a cached page rather than from a document
+    /// (publications laid over it while the store is away): that page.
+    base: Option<Arc<Rendered>>,
 }
 
 impl Rendered {
@@ -84,12 +96,31 @@ impl Rendered {
             })),
             etag: etag.into_boxed_str(),
             fresh_until,
+            base: None,
         }
     }
 
     fn weight(&self) -> u32 {
         let bytes = self.identity.len() + self.gzip.len() + self.brotli.len() + 128;
-        u32::try_from(bytes).unwrap_or(u32::MAX)
+        let base = self.base.as_ref().map_or(0, |b| b.weight());
+        u32::try_from(bytes)
+            .unwrap_or(u32::MAX)
+            .saturating_add(base)
+    }
+
+    /// The same page, to be read again from the store before it is served
+    /// again (and served as it is if the store cannot be read).
+    fn expired(&self) -> Rendered {
+        Rendered {
+            revision: self.revision,
+            identity: self.identity.clone(),
+            gzip: self.gzip.clone(),
+            brotli: self.brotli.clone(),
+            etag: self.etag.clone(),
+            etag_headers: self.etag_headers.clone(),
+            fresh_until: Some(Instant::now()),
+            base: self.base.clone(),
+        }
     }
 
     /// Seconds this body stays right, capped at `max`.
@@ -139,12 +170,28 @@ fn is_fresh(fresh_until: Option<Instant>) -> bool {
     fresh_until.is_none_or(|until| Instant::now() < until)
 }
 
+/// The publications laid over the feeds.
+#[derive(Debug, Default)]
+struct Overlay {
+    laid: HashMap<PublicationId, Arc<PendingPublication>>,
+    /// The version of each publication lifted because the store showed it,
+    /// and when: the outbox may still list it for a moment (its row is marked
+    /// published after the broker's acknowledgement, which the projectors
+    /// may beat), and it must not be laid again.
+    shown: HashMap<PublicationId, (u64, Instant)>,
+}
+
+/// How long a publication the store showed is remembered as shown.
+const SHOWN_FOR: Duration = Duration::from_secs(300);
+
 /// The cache the public API reads from.
 pub struct FeedCache {
     store: SharedFeedStore,
     communes: Arc<Communes>,
     feeds: Cache<InseeCode, Arc<Rendered>>,
     publications: Cache<PublicationId, Arc<PublicationLookup>>,
+    /// Publications the log holds at a version the store does not show yet.
+    overlay: RwLock<Overlay>,
     metrics: Arc<Metrics>,
 }
 
@@ -183,6 +230,7 @@ impl FeedCache {
             communes,
             feeds,
             publications,
+            overlay: RwLock::default(),
             metrics,
         }
     }
@@ -250,16 +298,45 @@ impl FeedCache {
         commune: InseeCode,
         cursor: SortKey,
     ) -> Result<Vec<u8>, ReadModelError> {
-        let document = self.load(&feed_key(&commune)).await?;
-        let doc: FeedDocument = match &document {
-            Some(d) => decode_document(&d.value)?,
-            None => FeedDocument::default(),
-        };
         let view = self
             .communes
             .get(&commune)
             .expect("callers check the commune exists");
-        Ok(render_page(view, &doc, now(), Some(cursor), PAGE_SIZE).json)
+        let now = now();
+        let document = match self.load(&feed_key(&commune)).await {
+            Ok(document) => document,
+            Err(error) => {
+                // The store is away: the pages down to the horizon of the
+                // cached first page are still known (publications laid over
+                // it since come first in a feed).
+                let Some(page) = self.known_page(commune, cursor, now).await else {
+                    return Err(error);
+                };
+                return Ok(page);
+            }
+        };
+        let mut doc: FeedDocument = match &document {
+            Some(d) => decode_document(&d.value)?,
+            None => FeedDocument::default(),
+        };
+        self.overlay_board(commune, &mut doc, now);
+        Ok(render_page(view, &doc, now, Some(cursor), PAGE_SIZE).json)
+    }
+
+    /// The page after `cursor` as far as the cached first page and the
+    /// pending publications tell, without the store.
+    async fn known_page(
+        &self,
+        commune: InseeCode,
+        cursor: SortKey,
+        now: Timestamp,
+    ) -> Option<Vec<u8>> {
+        let hit = self.feeds.get(&commune).await?;
+        let base = hit.base.clone().unwrap_or(hit);
+        let (mut doc, horizon) = page_board(&base.identity).ok()?;
+        self.overlay_board(commune, &mut doc, now);
+        let view = self.communes.get(&commune)?;
+        render_known_page(view, &doc, now, Some(cursor), PAGE_SIZE, horizon).map(|page| page.json)
     }
 
     /// A publication as the public API shows it (stale rather than nothing when
@@ -314,7 +391,7 @@ impl FeedCache {
         commune: InseeCode,
         document: Option<Versioned>,
     ) -> Result<Rendered, ReadModelError> {
-        let (doc, revision) = match document {
+        let (mut doc, revision) = match document {
             Some(d) => (decode_document::<FeedDocument>(&d.value)?, d.revision),
             None => (FeedDocument::default(), self.store.floor()),
         };
@@ -323,8 +400,139 @@ impl FeedCache {
             .get(&commune)
             .expect("callers check the commune exists");
         let now = now();
+        self.overlay_board(commune, &mut doc, now);
         let page = render_page(view, &doc, now, None, PAGE_SIZE);
         Ok(Rendered::new(revision, page.json, page.next_change, now))
+    }
+
+    /// Lays the pending publications over a commune's board.
+    fn overlay_board(&self, commune: InseeCode, doc: &mut FeedDocument, now: Timestamp) {
+        let overlay = self.overlay.read().expect("overlay lock poisoned");
+        for pending in overlay.laid.values() {
+            doc.overlay(pending, &commune, now);
+        }
+    }
+
+    /// A commune's first page rendered again over `base` (a page rendered
+    /// from a document) with the pending publications laid over it, for when
+    /// the document itself cannot be read.
+    fn render_over(&self, commune: InseeCode, base: Arc<Rendered>) -> Option<Rendered> {
+        let (mut doc, horizon) = page_board(&base.identity)
+            .inspect_err(|error| tracing::error!(%error, commune = %commune, "a cached feed page does not read back"))
+            .ok()?;
+        let view = self.communes.get(&commune)?;
+        let now = now();
+        self.overlay_board(commune, &mut doc, now);
+        let page = render_known_page(view, &doc, now, None, PAGE_SIZE, horizon)?;
+        let mut rendered = Rendered::new(base.revision, page.json, page.next_change, now);
+        // The page it was rendered over may change by time before it does
+        // (unless that page was only marked to be read again).
+        let base_until = base.fresh_until.filter(|until| *until > Instant::now());
+        rendered.fresh_until = match (rendered.fresh_until, base_until) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        rendered.base = Some(base);
+        Some(rendered)
+    }
+
+    /// How many publications are laid over the feeds.
+    pub fn overlay_len(&self) -> usize {
+        self.overlay
+            .read()
+            .expect("overlay lock poisoned")
+            .laid
+            .len()
+    }
+
+    /// The version of each publication laid over the feeds.
+    pub fn overlay_versions(&self) -> HashMap<PublicationId, u64> {
+        let overlay = self.overlay.read().expect("overlay lock poisoned");
+        overlay
+            .laid
+            .iter()
+            .map(|(id, p)| (*id, p.version))
+            .collect()
+    }
+
+    /// Lays publications the store has not caught up with over the feeds
+    /// (`pending`: each folded from its whole stream at the log's latest
+    /// version), and lifts the `caught_up` ones off. Cached first pages they
+    /// touch are rendered again over the page they were rendered from; pages
+    /// a publication is lifted off are also marked stale, to be read again
+    /// from the store (and served as they are if it cannot be read).
+    pub async fn lay_over(&self, pending: Vec<PendingPublication>, caught_up: &[PublicationId]) {
+        self.change_overlay(pending, caught_up, None).await;
+    }
+
+    /// `lay_over`; `shown`: the version of the `caught_up` publications the
+    /// store shows.
+    async fn change_overlay(
+        &self,
+        pending: Vec<PendingPublication>,
+        caught_up: &[PublicationId],
+        shown: Option<u64>,
+    ) {
+        let mut changed = BTreeSet::new();
+        let mut lifted = BTreeSet::new();
+        {
+            let mut overlay = self.overlay.write().expect("overlay lock poisoned");
+            overlay
+                .shown
+                .retain(|_, (_, when)| when.elapsed() < SHOWN_FOR);
+            for publication in pending {
+                let already = overlay
+                    .laid
+                    .get(&publication.id)
+                    .is_some_and(|p| **p == publication)
+                    || overlay
+                        .shown
+                        .get(&publication.id)
+                        .is_some_and(|(version, _)| *version >= publication.version);
+                if already {
+                    continue;
+                }
+                changed.extend(publication.touched().iter().copied());
+                overlay.laid.insert(publication.id, Arc::new(publication));
+            }
+            for id in caught_up {
+                if let Some(publication) = overlay.laid.remove(id) {
+                    lifted.extend(publication.touched().iter().copied());
+                }
+                if let Some(version) = shown {
+                    overlay.shown.insert(*id, (version, Instant::now()));
+                }
+            }
+            self.metrics
+                .feed_overlay_publications
+                .set(i64::try_from(overlay.laid.len()).unwrap_or(i64::MAX));
+        }
+        for commune in changed.union(&lifted) {
+            let stale = lifted.contains(commune);
+            let _ = self
+                .feeds
+                .entry(*commune)
+                .and_compute_with(|existing| async {
+                    let Some(existing) = existing else {
+                        return Op::Nop;
+                    };
+                    let existing = existing.into_value();
+                    if !changed.contains(commune) {
+                        return Op::Put(Arc::new(existing.expired()));
+                    }
+                    let base = existing.base.clone().unwrap_or(existing);
+                    match self.render_over(*commune, base) {
+                        Some(mut rendered) => {
+                            if stale {
+                                rendered.fresh_until = Some(Instant::now());
+                            }
+                            Op::Put(Arc::new(rendered))
+                        }
+                        None => Op::Nop,
+                    }
+                })
+                .await;
+        }
     }
 
     /// Applies a change from the store's change feed: entries already cached are
@@ -361,6 +569,7 @@ impl FeedCache {
                     .strip_prefix("pub.")
                     .and_then(|i| PublicationId::parse(i).ok())
                 {
+                    self.lift_if_caught_up(id, &document).await;
                     let _ = self
                         .publications
                         .entry(id)
@@ -394,6 +603,29 @@ impl FeedCache {
             Change::Reset => {
                 self.feeds.invalidate_all();
                 self.publications.invalidate_all();
+            }
+        }
+    }
+
+    /// A publication's record is written after every board it changes: once
+    /// the store's record is at the version laid over the feeds, the boards
+    /// show it and the overlay is lifted.
+    async fn lift_if_caught_up(&self, id: PublicationId, record: &Versioned) {
+        let laid = {
+            let overlay = self.overlay.read().expect("overlay lock poisoned");
+            overlay.laid.get(&id).map(|p| p.version)
+        };
+        let Some(version) = laid else {
+            return;
+        };
+        match decode_document::<PublicationState>(&record.value) {
+            Ok(record) if record.version >= version => {
+                self.change_overlay(Vec::new(), &[id], Some(record.version))
+                    .await;
+            }
+            Ok(_) => {}
+            Err(error) => {
+                tracing::error!(%error, publication = %id, "a publication record does not decode")
             }
         }
     }

@@ -632,6 +632,38 @@ impl SqlStore {
         Ok(result.rows_affected())
     }
 
+    /// The streams with outbox rows still unpublished `overdue` after their
+    /// commit (the broker is away, or a relay stuck), and the latest version
+    /// of each waiting, at most `limit` streams.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn overdue_streams(
+        &self,
+        overdue: Duration,
+        limit: u32,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let before =
+            crate::now().plus_micros(-i64::try_from(overdue.as_micros()).unwrap_or(i64::MAX));
+        let rows = sqlx::query(
+            "SELECT stream_id, MAX(stream_version) AS version FROM outbox \
+             WHERE published_at IS NULL AND created_at < ? GROUP BY stream_id LIMIT ?",
+        )
+        .bind(before.as_unix_micros())
+        .bind(i64::from(limit))
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    column(row, "stream_id")?,
+                    u64::try_from(column::<i64>(row, "version")?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// The number of rows waiting, and when the oldest was committed.
     ///
     /// # Errors

@@ -289,6 +289,113 @@ async fn commands_are_accepted_while_nats_is_down_and_every_feed_converges_after
     }
 }
 
+/// A feed page: its publication ids and its `next` cursor.
+async fn page(app: &TestApp, commune: &str, cursor: Option<&str>) -> (Vec<String>, Option<String>) {
+    let path = match cursor {
+        Some(cursor) => format!("/v1/communes/{commune}/feed?cursor={cursor}"),
+        None => format!("/v1/communes/{commune}/feed"),
+    };
+    let response = app.get(&path).await;
+    assert_eq!(response.status(), 200, "{path}");
+    let body: Value = response.json().await.unwrap();
+    let ids = body["publications"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["id"].as_str().unwrap().to_owned())
+        .collect();
+    (ids, body["next"].as_str().map(str::to_owned))
+}
+
+/// Every page of a feed, in order.
+async fn whole_feed(app: &TestApp, commune: &str) -> Vec<String> {
+    let (mut ids, mut next) = page(app, commune, None).await;
+    while let Some(cursor) = next {
+        let (more, after) = page(app, commune, Some(&cursor)).await;
+        ids.extend(more);
+        next = after;
+    }
+    ids
+}
+
+#[tokio::test]
+async fn while_the_broker_is_down_feeds_show_what_the_log_holds_on_every_instance() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let mut nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = a
+        .publisher("Mairie", communes(&["35238"]), panneau_domain::Role::Editor)
+        .await;
+    // More than a page, newest first.
+    let mut before = Vec::new();
+    for _ in 0..22 {
+        before.insert(0, a.publish_ok(&token, &notice(&["35238"])).await);
+    }
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(WAIT, || async { whole_feed(app, "35238").await == before })
+                .await,
+            "both instances serve the feed before the outage"
+        );
+    }
+
+    nats.kill();
+    let mut during = Vec::new();
+    for _ in 0..3 {
+        during.insert(0, a.publish_ok(&token, &notice(&["35238"])).await);
+    }
+    let retracted = before[0].clone();
+    assert_eq!(a.retract(&token, &retracted).await.status(), 204);
+    let mut expected = during.clone();
+    expected.extend(before.iter().skip(1).cloned());
+
+    // Read from the log by both instances, the one that took the commands
+    // and the other, within a couple of seconds of the commands.
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(Duration::from_secs(5), || async {
+                feed_of(app, "35238").await == expected[..20]
+            })
+            .await,
+            "the first page shows the publications of the outage and not the retracted one"
+        );
+        // The next page is known down to the end of the page cached before
+        // the outage; past it, the store must be read: a clear 503 until the
+        // broker is back.
+        let (first, next) = page(app, "35238", None).await;
+        assert_eq!(first, expected[..20]);
+        let (second, next) = page(app, "35238", next.as_deref()).await;
+        assert_eq!(second, expected[20..22]);
+        let past = app
+            .get(&format!("/v1/communes/35238/feed?cursor={}", next.unwrap()))
+            .await;
+        assert!(past.headers().contains_key("retry-after"));
+        assert_problem(past, 503).await;
+    }
+    assert!(
+        a.metrics_text()
+            .await
+            .contains("panneau_feed_overlay_publications 4"),
+        "four publications laid over the feeds"
+    );
+
+    nats.resume();
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(Duration::from_secs(30), || async {
+                whole_feed(app, "35238").await == expected
+                    && app
+                        .metrics_text()
+                        .await
+                        .contains("panneau_feed_overlay_publications 0")
+            })
+            .await,
+            "the store caught up, and the overlay was lifted"
+        );
+    }
+}
+
 #[tokio::test]
 async fn an_instance_killed_during_a_burst_loses_no_acknowledged_publication() {
     let database = TestDatabase::create(&shared_mariadb_url()).await;

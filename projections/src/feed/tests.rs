@@ -590,3 +590,106 @@ fn statistics_wait_for_the_creation_that_names_the_publisher() {
     );
     assert_eq!(summary.by_category.get(&Category::Event), Some(&1));
 }
+
+// Boards that have not caught up with the log (the broker away), with the
+// publications still pending laid over them.
+
+/// The visible entries of a board at `now`.
+fn visible_views(doc: &FeedDocument, now: Timestamp) -> Vec<PublicationView> {
+    doc.visible_after(now, None)
+        .map(|e| e.view.clone())
+        .collect()
+}
+
+/// Streams cut in two: the events a projector has applied (a prefix of each
+/// stream), and the whole streams the log holds.
+fn cut_histories() -> impl Strategy<Value = (Vec<Vec<Envelope<PublicationEvent>>>, Vec<usize>)> {
+    histories().prop_flat_map(|(streams, _, _)| {
+        let n = streams.len();
+        (Just(streams), proptest::collection::vec(0usize..6, n..=n))
+    })
+}
+
+fn projected_part(streams: &[Vec<Envelope<PublicationEvent>>], cuts: &[usize]) -> FeedProjection {
+    let applied: Vec<_> = streams
+        .iter()
+        .zip(cuts)
+        .flat_map(|(s, &cut)| s[..cut.min(s.len())].iter().cloned())
+        .collect();
+    fold(&applied)
+}
+
+fn render_commune() -> crate::CommuneView {
+    crate::CommuneView {
+        code: code(COMMUNES[0]),
+        name: "Rennes".to_owned(),
+        department: "35".to_owned(),
+        postcodes: vec!["35000".to_owned()],
+        population: 220_488,
+    }
+}
+
+proptest! {
+    #[test]
+    fn a_board_behind_the_log_with_its_pending_publications_laid_over_shows_what_the_log_says(
+        (streams, cuts) in cut_histories(),
+        now in prop_oneof![Just(50i64), Just(300), Just(1_000)],
+    ) {
+        let behind = projected_part(&streams, &cuts);
+        let full = fold(&streams.concat());
+        let pending: Vec<_> = streams
+            .iter()
+            .map(|s| PendingPublication::fold(s).expect("whole streams fold"))
+            .collect();
+        for c in COMMUNES {
+            let mut board = behind.feed(&code(c)).cloned().unwrap_or_default();
+            // Laid over twice: the second time changes nothing.
+            for _ in 0..2 {
+                for p in &pending {
+                    board.overlay(p, &code(c), at(now));
+                }
+            }
+            let expected = full.feed(&code(c)).map(|d| visible_views(d, at(now))).unwrap_or_default();
+            prop_assert_eq!(visible_views(&board, at(now)), expected, "commune {}", c);
+        }
+    }
+
+    #[test]
+    fn a_rendered_first_page_read_back_serves_every_page_up_to_its_horizon(
+        (streams, cuts) in cut_histories(),
+        page_size in 1usize..4,
+    ) {
+        let now = at(300);
+        let view = render_commune();
+        let commune = code(COMMUNES[0]);
+        let behind = projected_part(&streams, &cuts);
+        let full = fold(&streams.concat());
+        let board = behind.feed(&commune).cloned().unwrap_or_default();
+        let first = crate::render_page(&view, &board, now, None, page_size);
+        let (mut known, horizon) = crate::page_board(&first.json).expect("a rendered page reads back");
+        for s in &streams {
+            known.overlay(&PendingPublication::fold(s).unwrap(), &commune, now);
+        }
+        let mut served = Vec::new();
+        let mut after = None;
+        while let Some(page) = crate::render_known_page(&view, &known, now, after, page_size, horizon) {
+            let page: serde_json::Value = serde_json::from_slice(&page.json).unwrap();
+            let ids: Vec<String> = page["publications"].as_array().unwrap().iter()
+                .map(|p| p["id"].as_str().unwrap().to_owned()).collect();
+            served.extend(ids);
+            match page["next"].as_str() {
+                Some(cursor) => after = Some(SortKey::from_cursor(cursor).unwrap()),
+                None => break,
+            }
+            prop_assert!(served.len() <= 100, "paging ends");
+        }
+        let truth: Vec<String> = full
+            .feed(&commune)
+            .map(|d| d.visible_after(now, None)
+                .filter(|e| horizon.is_none_or(|h| e.sort_key() <= h))
+                .map(|e| e.view.id.to_string())
+                .collect())
+            .unwrap_or_default();
+        prop_assert_eq!(served, truth);
+    }
+}

@@ -1,0 +1,124 @@
+//! Feeds that keep up with the log while the broker is away.
+//!
+//! Commands commit to the log whatever the broker's state, and the broker
+//! carries their events to the projectors. While it cannot (the whole NATS
+//! cluster restarting, a stream without a leader, a relay stuck), every
+//! instance reads the outbox rows left unpublished for longer than
+//! [`OVERDUE`], folds each of their publications from its whole stream in the
+//! log, and lays it over its cached feeds ([`FeedCache::lay_over`]): a
+//! publication acknowledged during the outage is read on every instance about
+//! a second later, instead of once the broker has elected its leaders again.
+//!
+//! The cache lifts a publication once the store shows it (its record reaches
+//! the version laid over). One no longer waiting in the outbox that the store
+//! still does not show after [`LIFT_AFTER`] is lifted anyway, and the pages it
+//! touched are read again from the store.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use panneau_domain::{PublicationId, StreamId};
+use panneau_projections::PendingPublication;
+use tokio_util::sync::CancellationToken;
+
+use crate::readmodel::cache::FeedCache;
+use crate::store::sql::SqlStore;
+use crate::store::{EventStore, StoreError};
+
+/// How long a committed event may wait for the broker before it is laid over
+/// the feeds. The relay publishes within milliseconds when the broker is up.
+pub const OVERDUE: Duration = Duration::from_secs(1);
+/// How often the outbox is looked at.
+const EVERY: Duration = Duration::from_millis(500);
+/// How long a publication published to the broker may stay laid over feeds
+/// that do not show it.
+const LIFT_AFTER: Duration = Duration::from_secs(30);
+/// The most streams one look folds.
+const MAX_STREAMS: u32 = 4096;
+/// The longest one query may take (a frozen database server answers nothing).
+const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Lays overdue publications over `cache` until `shutdown` (cluster mode).
+pub async fn run(store: SqlStore, cache: Arc<FeedCache>, shutdown: CancellationToken) {
+    let mut published_since = HashMap::new();
+    let mut active = false;
+    loop {
+        tokio::select! {
+            () = shutdown.cancelled() => return,
+            () = tokio::time::sleep(EVERY) => {}
+        }
+        if let Err(error) = look(&store, &cache, &mut published_since).await {
+            tracing::debug!(%error, "cannot look for overdue outbox rows");
+        }
+        let laid = cache.overlay_len();
+        if laid > 0 && !active {
+            tracing::warn!(
+                publications = laid,
+                "the broker is behind the event log: the publications it has not delivered are laid over the feeds"
+            );
+        } else if laid == 0 && active {
+            tracing::info!("the feed store has caught up with the event log");
+        }
+        active = laid > 0;
+    }
+}
+
+type Error = Box<dyn std::error::Error + Send + Sync>;
+
+/// One look at the outbox.
+async fn look(
+    store: &SqlStore,
+    cache: &FeedCache,
+    published_since: &mut HashMap<PublicationId, Instant>,
+) -> Result<(), Error> {
+    let overdue = bounded(store.overdue_streams(OVERDUE, MAX_STREAMS)).await?;
+    let laid = cache.overlay_versions();
+    if overdue.is_empty() && laid.is_empty() {
+        published_since.clear();
+        return Ok(());
+    }
+    let mut waiting = HashSet::with_capacity(overdue.len());
+    let mut pending = Vec::new();
+    for (stream, version) in overdue {
+        let Some(id) = StreamId::parse(stream)
+            .ok()
+            .and_then(|s| s.publication_id().map(|id| (s, id)))
+        else {
+            continue;
+        };
+        let (stream, id) = id;
+        waiting.insert(id);
+        if laid.get(&id).is_some_and(|laid| *laid >= version) {
+            continue;
+        }
+        let events = bounded(store.read_stream(&stream)).await?;
+        if let Some(publication) = PendingPublication::fold(events.iter().map(|e| &e.envelope)) {
+            pending.push(publication);
+        }
+        // Folded a few at a time: a long backlog shows as it is read.
+        if pending.len() == 64 {
+            cache.lay_over(std::mem::take(&mut pending), &[]).await;
+        }
+    }
+    let now = Instant::now();
+    published_since.retain(|id, _| laid.contains_key(id) && !waiting.contains(id));
+    let mut caught_up = Vec::new();
+    for id in laid.keys().filter(|id| !waiting.contains(id)) {
+        let since = published_since.entry(*id).or_insert(now);
+        if now.duration_since(*since) >= LIFT_AFTER {
+            caught_up.push(*id);
+        }
+    }
+    if !pending.is_empty() || !caught_up.is_empty() {
+        cache.lay_over(pending, &caught_up).await;
+    }
+    Ok(())
+}
+
+async fn bounded<T>(query: impl Future<Output = Result<T, StoreError>>) -> Result<T, Error> {
+    match tokio::time::timeout(QUERY_TIMEOUT, query).await {
+        Ok(answer) => Ok(answer?),
+        Err(_) => Err(format!("no answer from the database in {QUERY_TIMEOUT:?}").into()),
+    }
+}
