@@ -261,10 +261,17 @@ impl FeedCache {
             .feeds
             .entry(commune)
             .and_try_compute_with(|existing| async move {
-                if existing.is_some_and(|e| usable(e.value(), floor)) {
+                if existing.as_ref().is_some_and(|e| usable(e.value(), floor)) {
                     return Ok(Op::Nop);
                 }
-                let document = self.load(&feed_key(&commune)).await?;
+                let key = feed_key(&commune);
+                let mut document = self.load(&key).await?;
+                // A replica behind the page already cached (after a broker
+                // restart) would take the feed back: ask the leader.
+                let cached_revision = existing.map(|e| e.value().revision);
+                if cached_revision > document.as_ref().map(|d| d.revision) {
+                    document = self.store.get_latest(&key).await?;
+                }
                 Ok::<_, ReadModelError>(Op::Put(Arc::new(self.render_feed(commune, document)?)))
             })
             .await;
@@ -457,7 +464,8 @@ impl FeedCache {
 
     /// Lays publications the store has not caught up with over the feeds
     /// (`pending`: each folded from its whole stream at the log's latest
-    /// version), and lifts the `caught_up` ones off. Cached first pages they
+    /// version), and lifts the `caught_up` ones off (the store still does not
+    /// show them, long after the broker took them). Cached first pages they
     /// touch are rendered again over the page they were rendered from; pages
     /// a publication is lifted off are also marked stale, to be read again
     /// from the store (and served as they are if it cannot be read).
@@ -466,7 +474,7 @@ impl FeedCache {
     }
 
     /// `lay_over`; `shown`: the version of the `caught_up` publications the
-    /// store shows.
+    /// store shows (their pages need nothing more).
     async fn change_overlay(
         &self,
         pending: Vec<PendingPublication>,
@@ -496,11 +504,17 @@ impl FeedCache {
                 overlay.laid.insert(publication.id, Arc::new(publication));
             }
             for id in caught_up {
-                if let Some(publication) = overlay.laid.remove(id) {
-                    lifted.extend(publication.touched().iter().copied());
-                }
-                if let Some(version) = shown {
-                    overlay.shown.insert(*id, (version, Instant::now()));
+                let Some(publication) = overlay.laid.remove(id) else {
+                    continue;
+                };
+                match shown {
+                    // The store's record comes after every board the
+                    // publication changed, and the cache follows the store
+                    // in order: its pages were rendered from those boards.
+                    Some(version) => {
+                        overlay.shown.insert(*id, (version, Instant::now()));
+                    }
+                    None => lifted.extend(publication.touched().iter().copied()),
                 }
             }
             self.metrics
