@@ -34,8 +34,8 @@ const EVERY: Duration = Duration::from_millis(500);
 /// How long a publication published to the broker may stay laid over feeds
 /// that do not show it.
 const LIFT_AFTER: Duration = Duration::from_secs(30);
-/// The most streams one look folds.
-const MAX_STREAMS: u32 = 4096;
+/// The streams asked for at once.
+const PAGE: u32 = 1024;
 /// The longest one query may take (a frozen database server answers nothing).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -72,7 +72,18 @@ async fn look(
     cache: &FeedCache,
     published_since: &mut HashMap<PublicationId, Instant>,
 ) -> Result<(), Error> {
-    let overdue = bounded(store.overdue_streams(OVERDUE, MAX_STREAMS)).await?;
+    let mut overdue = Vec::new();
+    loop {
+        let after = overdue
+            .last()
+            .map_or("", |(stream, _): &(String, u64)| stream);
+        let page = bounded(store.overdue_streams(OVERDUE, after, PAGE)).await?;
+        let more = page.len() == PAGE as usize;
+        overdue.extend(page);
+        if !more {
+            break;
+        }
+    }
     let laid = cache.overlay_versions();
     if overdue.is_empty() && laid.is_empty() {
         published_since.clear();
@@ -81,13 +92,12 @@ async fn look(
     let mut waiting = HashSet::with_capacity(overdue.len());
     let mut pending = Vec::new();
     for (stream, version) in overdue {
-        let Some(id) = StreamId::parse(stream)
-            .ok()
-            .and_then(|s| s.publication_id().map(|id| (s, id)))
-        else {
+        let Ok(stream) = StreamId::parse(stream) else {
             continue;
         };
-        let (stream, id) = id;
+        let Some(id) = stream.publication_id() else {
+            continue;
+        };
         waiting.insert(id);
         if laid.get(&id).is_some_and(|laid| *laid >= version) {
             continue;

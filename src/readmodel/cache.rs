@@ -452,14 +452,16 @@ impl FeedCache {
             .len()
     }
 
-    /// The version of each publication laid over the feeds.
+    /// The version of each publication laid over the feeds, or shown by the
+    /// store since it was lifted: the log need not be read again for them.
     pub fn overlay_versions(&self) -> HashMap<PublicationId, u64> {
         let overlay = self.overlay.read().expect("overlay lock poisoned");
-        overlay
-            .laid
+        let shown = overlay
+            .shown
             .iter()
-            .map(|(id, p)| (*id, p.version))
-            .collect()
+            .map(|(id, (version, _))| (*id, *version));
+        let laid = overlay.laid.iter().map(|(id, p)| (*id, p.version));
+        shown.chain(laid).collect()
     }
 
     /// Lays publications the store has not caught up with over the feeds

@@ -634,22 +634,26 @@ impl SqlStore {
 
     /// The streams with outbox rows still unpublished `overdue` after their
     /// commit (the broker is away, or a relay stuck), and the latest version
-    /// of each waiting, at most `limit` streams.
+    /// of each waiting: at most `limit` streams, in stream order, after the
+    /// stream `after`.
     ///
     /// # Errors
     /// `Unavailable`.
     pub async fn overdue_streams(
         &self,
         overdue: Duration,
+        after: &str,
         limit: u32,
     ) -> Result<Vec<(String, u64)>, StoreError> {
         let before =
             crate::now().plus_micros(-i64::try_from(overdue.as_micros()).unwrap_or(i64::MAX));
         let rows = sqlx::query(
             "SELECT stream_id, MAX(stream_version) AS version FROM outbox \
-             WHERE published_at IS NULL AND created_at < ? GROUP BY stream_id LIMIT ?",
+             WHERE published_at IS NULL AND created_at < ? AND stream_id > ? \
+             GROUP BY stream_id ORDER BY stream_id LIMIT ?",
         )
         .bind(before.as_unix_micros())
+        .bind(after.to_owned())
         .bind(i64::from(limit))
         .fetch_all(&self.pool)
         .await

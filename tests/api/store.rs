@@ -268,6 +268,67 @@ async fn a_mariadb_server_without_the_outbox_trigger_is_refused() {
     store.close().await;
 }
 
+#[tokio::test]
+async fn overdue_outbox_streams_are_listed_page_by_page_with_their_latest_waiting_version() {
+    let database = crate::infra::TestDatabase::create(&crate::infra::shared_mariadb_url()).await;
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    store.migrate().await.unwrap();
+    let (one, two, three) = (new_id(), new_id(), new_id());
+    for id in [one, two, three] {
+        store
+            .append(append(id, 0, vec![envelope(id, 1, published(id))]))
+            .await
+            .unwrap();
+    }
+    let retraction = PublicationEvent::Retracted(PublicationRetracted {
+        id: two,
+        at: panneau::now(),
+    });
+    store
+        .append(append(two, 1, vec![envelope(two, 2, retraction)]))
+        .await
+        .unwrap();
+    // Rows not yet overdue are not listed.
+    let recent = store
+        .overdue_streams(std::time::Duration::from_secs(60), "", 10)
+        .await
+        .unwrap();
+    assert!(recent.is_empty(), "{recent:?}");
+    // A published row is not either.
+    let published_one = store
+        .read_stream(&StreamId::publication(one))
+        .await
+        .unwrap();
+    store
+        .mark_published(&[published_one[0].envelope.event_id.as_uuid()])
+        .await
+        .unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    let mut expected = vec![
+        (StreamId::publication(two).to_string(), 2),
+        (StreamId::publication(three).to_string(), 1),
+    ];
+    expected.sort();
+    let first = store
+        .overdue_streams(std::time::Duration::from_millis(10), "", 1)
+        .await
+        .unwrap();
+    assert_eq!(first, expected[..1]);
+    let second = store
+        .overdue_streams(std::time::Duration::from_millis(10), &first[0].0, 1)
+        .await
+        .unwrap();
+    assert_eq!(second, expected[1..]);
+    let after = store
+        .overdue_streams(std::time::Duration::from_millis(10), &second[0].0, 1)
+        .await
+        .unwrap();
+    assert!(after.is_empty());
+    store.close().await;
+}
+
 async fn sqlx_connection(url: &str) -> sqlx::mysql::MySqlConnection {
     use sqlx::Connection;
     sqlx::mysql::MySqlConnection::connect(url).await.unwrap()
