@@ -22,7 +22,7 @@ use panneau_domain::{PublicationId, StreamId};
 use panneau_projections::PendingPublication;
 use tokio_util::sync::CancellationToken;
 
-use crate::readmodel::cache::FeedCache;
+use crate::readmodel::cache::{FeedCache, MAX_LAID};
 use crate::store::sql::SqlStore;
 use crate::store::{EventStore, StoreError};
 
@@ -36,6 +36,7 @@ const EVERY: Duration = Duration::from_millis(500);
 const LIFT_AFTER: Duration = Duration::from_secs(30);
 /// The streams asked for at once.
 const PAGE: u32 = 1024;
+
 /// The longest one query may take (a frozen database server answers nothing).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -80,7 +81,7 @@ async fn look(
         let page = bounded(store.overdue_streams(OVERDUE, after, PAGE)).await?;
         let more = page.len() == PAGE as usize;
         overdue.extend(page);
-        if !more {
+        if !more || overdue.len() >= MAX_LAID {
             break;
         }
     }
@@ -91,7 +92,7 @@ async fn look(
     }
     let mut waiting = HashSet::with_capacity(overdue.len());
     let mut pending = Vec::new();
-    for (stream, version) in overdue {
+    for (stream, version) in overdue.into_iter().take(MAX_LAID) {
         let Ok(stream) = StreamId::parse(stream) else {
             continue;
         };

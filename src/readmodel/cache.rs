@@ -181,6 +181,11 @@ struct Overlay {
     shown: HashMap<PublicationId, (u64, Instant)>,
 }
 
+/// The most publications laid over the feeds at once. An outage at the rate
+/// town halls publish stays far below it; a bulk import into a cluster whose
+/// broker is slow would not, and its feeds wait for the broker instead.
+pub const MAX_LAID: usize = 10_000;
+
 /// How long a publication the store showed is remembered as shown.
 const SHOWN_FOR: Duration = Duration::from_secs(300);
 
@@ -499,7 +504,9 @@ impl FeedCache {
                         .shown
                         .get(&publication.id)
                         .is_some_and(|(version, _)| *version >= publication.version);
-                if already {
+                let full =
+                    overlay.laid.len() >= MAX_LAID && !overlay.laid.contains_key(&publication.id);
+                if already || full {
                     continue;
                 }
                 changed.extend(publication.touched().iter().copied());
@@ -726,8 +733,140 @@ fn render_publication(
 #[cfg(test)]
 mod tests {
     use std::io::Read;
+    use std::sync::Mutex;
 
+    use async_trait::async_trait;
+    use bytes::Bytes;
+    use futures_util::stream::{self, StreamExt};
+    use panneau_domain::{Body, Category, Priority, Title};
+    use panneau_projections::{CommuneView, FeedChange, PublicationView};
+    use uuid::Uuid;
+
+    use super::super::FeedStore;
     use super::*;
+    use crate::codec::encode_document;
+
+    /// A feed store whose replicas lag behind its leader.
+    #[derive(Default)]
+    struct LaggingStore {
+        replica: Mutex<Option<Versioned>>,
+        leader: Mutex<Option<Versioned>>,
+    }
+
+    #[async_trait]
+    impl FeedStore for LaggingStore {
+        async fn get(&self, _: &str) -> Result<Option<Versioned>, ReadModelError> {
+            Ok(self.replica.lock().unwrap().clone())
+        }
+
+        async fn get_latest(&self, _: &str) -> Result<Option<Versioned>, ReadModelError> {
+            Ok(self.leader.lock().unwrap().clone())
+        }
+
+        async fn put(&self, _: &str, _: Bytes, _: Option<u64>) -> Result<u64, ReadModelError> {
+            Err(ReadModelError::Unavailable("read-only test store".into()))
+        }
+
+        fn watch(&self) -> BoxStream<'static, Change> {
+            stream::empty().boxed()
+        }
+
+        async fn keys(&self) -> Result<Vec<String>, ReadModelError> {
+            Ok(Vec::new())
+        }
+    }
+
+    fn entry(n: u128, until: Option<Timestamp>) -> FeedChange {
+        let published_at = now();
+        FeedChange::Upsert(FeedEntry {
+            view: PublicationView {
+                id: PublicationId::new(Uuid::from_u128(
+                    0x0193_6f5e_0000_7000_8000_0000_0000_0000 + n,
+                ))
+                .unwrap(),
+                communes: vec![rennes()],
+                title: Title::parse("Travaux rue de Brest").unwrap(),
+                body: Body::parse("Circulation alternée.").unwrap(),
+                category: Category::Roadworks,
+                priority: Priority::Normal,
+                published_at,
+                updated_at: published_at,
+                visible_until: until,
+                attachments: Vec::new(),
+                version: 1,
+            },
+            shown_from: published_at,
+        })
+    }
+
+    fn rennes() -> InseeCode {
+        InseeCode::parse("35238").unwrap()
+    }
+
+    fn board(changes: &[FeedChange], revision: u64) -> Versioned {
+        let mut doc = FeedDocument::default();
+        for change in changes {
+            doc.apply(change, now());
+        }
+        Versioned {
+            value: Bytes::from(encode_document(&doc)),
+            revision,
+        }
+    }
+
+    fn ids(page: &Rendered) -> Vec<String> {
+        let page: serde_json::Value = serde_json::from_slice(&page.identity).unwrap();
+        page["publications"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["id"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_feed_read_again_from_a_lagging_replica_is_not_taken_back_to_an_older_revision() {
+        let store = Arc::new(LaggingStore::default());
+        let communes = Arc::new(Communes::new(vec![CommuneView {
+            code: rennes(),
+            name: "Rennes".into(),
+            department: "35".into(),
+            postcodes: vec!["35000".into()],
+            population: 220_488,
+        }]));
+        let cache = FeedCache::new(store.clone(), communes, 1 << 20, Arc::new(Metrics::new()));
+        // An entry whose window closes soon makes the cached page expire.
+        let closing = entry(1, Some(now().plus_micros(300_000)));
+        let lasting = entry(2, None);
+        let old = board(std::slice::from_ref(&closing), 1);
+        *store.replica.lock().unwrap() = Some(old.clone());
+        *store.leader.lock().unwrap() = Some(old);
+        assert_eq!(ids(&cache.feed(rennes()).await.unwrap()).len(), 1);
+
+        // The leader moves on and the watch brings the change; the replica
+        // the next read asks is still at the old revision.
+        let new = board(&[closing, lasting], 2);
+        *store.leader.lock().unwrap() = Some(new.clone());
+        cache
+            .apply(Change::Put {
+                key: feed_key(&rennes()),
+                document: new,
+            })
+            .await;
+        assert_eq!(ids(&cache.feed(rennes()).await.unwrap()).len(), 2);
+
+        tokio::time::sleep(Duration::from_millis(400)).await;
+        let page = cache.feed(rennes()).await.unwrap();
+        assert_eq!(page.revision, 2, "read again from the leader");
+        assert_eq!(
+            ids(&page),
+            vec![
+                PublicationId::new(Uuid::from_u128(0x0193_6f5e_0000_7000_8000_0000_0000_0002))
+                    .unwrap()
+                    .to_string()
+            ]
+        );
+    }
 
     /// Text that compresses like a feed's, not like a run of one byte.
     fn json_of(size: usize) -> Vec<u8> {

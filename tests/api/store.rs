@@ -306,7 +306,7 @@ async fn overdue_outbox_streams_are_listed_page_by_page_with_their_latest_waitin
         .await
         .unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let mut expected = vec![
+    let mut expected = [
         (StreamId::publication(two).to_string(), 2),
         (StreamId::publication(three).to_string(), 1),
     ];
