@@ -150,9 +150,14 @@ impl PushGateway for ApnsGateway {
         match self.client.send(payload).await {
             Ok(response) => interpret(&response),
             Err(a2::Error::ResponseError(response)) => interpret(&response),
-            Err(error) => SendOutcome::Retry {
+            // Retried only when no connection could be made: a request that
+            // may have reached Apple is not sent again (at most once).
+            Err(a2::Error::ClientError(error)) if error.is_connect() => SendOutcome::Retry {
                 after: None,
                 reason: format!("APNs unreachable: {error}"),
+            },
+            Err(error) => SendOutcome::Failed {
+                reason: format!("APNs outcome unknown, not sent again: {error}"),
             },
         }
     }

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use gcp_auth::TokenProvider;
 use serde_json::{Value, json};
 
-use super::{PushGateway, PushMessage, SendOutcome, retry_after};
+use super::{PushGateway, PushMessage, SendOutcome, retry_after, unsent_or_unknown};
 use crate::store::Target;
 
 const SCOPE: &str = "https://www.googleapis.com/auth/firebase.messaging";
@@ -197,12 +197,7 @@ impl PushGateway for FcmGateway {
             .await;
         let response = match response {
             Ok(response) => response,
-            Err(error) => {
-                return SendOutcome::Retry {
-                    after: None,
-                    reason: format!("FCM unreachable: {error}"),
-                };
-            }
+            Err(error) => return unsent_or_unknown("FCM", &error),
         };
         let status = response.status().as_u16();
         let after = retry_after(response.headers());

@@ -49,8 +49,10 @@ pub enum SendOutcome {
     InvalidToken {
         registered_before: Option<panneau_domain::Timestamp>,
     },
-    /// Try again later (429, 5xx, timeouts, connection errors), after at least
-    /// `after` when the service said so (`Retry-After`).
+    /// Try again later (429, 5xx, no connection), after at least `after` when
+    /// the service said so (`Retry-After`). Only for a request the service
+    /// answered, or one that never reached it: a request that may have been
+    /// delivered is never sent again (see [`unsent_or_unknown`]).
     Retry {
         after: Option<Duration>,
         reason: String,
@@ -172,6 +174,24 @@ impl Backoff {
     }
 }
 
+/// What a request that got no answer means. If it never reached the service
+/// (no connection could be made), it is retried; otherwise (a timeout, a
+/// connection lost while waiting for the answer) the service may have taken
+/// it, and sending it again could notify the device twice: it counts as
+/// failed. At most once per device, as promised (ADR 5).
+pub fn unsent_or_unknown(service: &str, error: &reqwest::Error) -> SendOutcome {
+    if error.is_connect() {
+        SendOutcome::Retry {
+            after: None,
+            reason: format!("{service} unreachable: {error}"),
+        }
+    } else {
+        SendOutcome::Failed {
+            reason: format!("{service} outcome unknown, not sent again: {error}"),
+        }
+    }
+}
+
 /// Reads `Retry-After` (seconds, or an HTTP date, which counts as "a while").
 pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
     let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
@@ -186,6 +206,53 @@ pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_request_that_may_have_reached_the_service_is_never_retried() {
+        crate::install_crypto();
+        // No server on the port: the request never left, so it is retried.
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let closed_port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let client = reqwest::Client::builder()
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let error = client
+            .post(format!("http://127.0.0.1:{closed_port}/send"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            unsent_or_unknown("FCM", &error),
+            SendOutcome::Retry { .. }
+        ));
+
+        // A server that takes the request and never answers: the request may
+        // have been delivered, so it is not sent again.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let silent_port = silent.local_addr().unwrap().port();
+        let holder = tokio::spawn(async move {
+            let (socket, _) = silent.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            drop(socket);
+        });
+        let error = client
+            .post(format!("http://127.0.0.1:{silent_port}/send"))
+            .body("{}")
+            .send()
+            .await
+            .unwrap_err();
+        assert!(error.is_timeout());
+        match unsent_or_unknown("FCM", &error) {
+            SendOutcome::Failed { reason } => {
+                assert!(reason.contains("not sent again"), "{reason}")
+            }
+            other => panic!("a timed-out request must not be retried: {other:?}"),
+        }
+        holder.abort();
+    }
 
     #[test]
     fn backoff_grows_is_capped_and_honours_retry_after() {

@@ -8,7 +8,7 @@ use async_trait::async_trait;
 use web_push_native::jwt_simple::algorithms::ES256KeyPair;
 use web_push_native::{Auth, WebPushBuilder};
 
-use super::{PushGateway, PushMessage, SendOutcome, retry_after};
+use super::{PushGateway, PushMessage, SendOutcome, retry_after, unsent_or_unknown};
 use crate::store::Target;
 use crate::subscription::{Endpoints, WebPushSubscription};
 
@@ -148,10 +148,7 @@ impl PushGateway for WebPushGateway {
         outgoing = outgoing.body(body);
         match outgoing.send().await {
             Ok(response) => interpret(response.status().as_u16(), retry_after(response.headers())),
-            Err(error) => SendOutcome::Retry {
-                after: None,
-                reason: format!("push service unreachable: {error}"),
-            },
+            Err(error) => unsent_or_unknown("push service", &error),
         }
     }
 }
