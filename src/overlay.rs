@@ -36,7 +36,6 @@ const EVERY: Duration = Duration::from_millis(500);
 const LIFT_AFTER: Duration = Duration::from_secs(30);
 /// The streams asked for at once.
 const PAGE: u32 = 1024;
-
 /// The longest one query may take (a frozen database server answers nothing).
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
