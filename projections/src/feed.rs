@@ -303,6 +303,11 @@ impl PendingPublication {
         })
     }
 
+    /// Its entry at the latest version; `None` once retracted.
+    pub fn entry(&self) -> Option<&FeedEntry> {
+        self.entry.as_ref()
+    }
+
     /// The communes whose boards this publication may change.
     pub fn touched(&self) -> &BTreeSet<InseeCode> {
         &self.touched

@@ -379,7 +379,22 @@ impl FeedCache {
                 }) {
                     return Ok(Op::Nop);
                 }
-                let document = self.load(&publication_key(&id)).await?;
+                let document = match self.load(&publication_key(&id)).await {
+                    Ok(document) => document,
+                    // The store is away: the log may have told of it.
+                    Err(error) => match self.laid_publication(id, 0) {
+                        Some(laid) => return Ok(Op::Put(Arc::new(laid))),
+                        None => return Err(error),
+                    },
+                };
+                let stored = document
+                    .as_ref()
+                    .map(|d| decode_document::<PublicationState>(&d.value))
+                    .transpose()?
+                    .map_or(0, |record| record.version);
+                if let Some(laid) = self.laid_publication(id, stored) {
+                    return Ok(Op::Put(Arc::new(laid)));
+                }
                 Ok::<_, ReadModelError>(Op::Put(Arc::new(render_publication(document, floor)?)))
             })
             .await;
@@ -448,6 +463,20 @@ impl FeedCache {
         Some(rendered)
     }
 
+    /// A publication laid over the feeds at a version later than `stored`
+    /// (the version the store shows), as the public API shows it.
+    fn laid_publication(&self, id: PublicationId, stored: u64) -> Option<PublicationLookup> {
+        let laid = {
+            let overlay = self.overlay.read().expect("overlay lock poisoned");
+            overlay
+                .laid
+                .get(&id)
+                .filter(|p| p.version > stored)
+                .cloned()
+        }?;
+        Some(lookup_of_pending(&laid, self.store.floor()))
+    }
+
     /// How many publications are laid over the feeds.
     pub fn overlay_len(&self) -> usize {
         self.overlay
@@ -490,6 +519,8 @@ impl FeedCache {
     ) {
         let mut changed = BTreeSet::new();
         let mut lifted = BTreeSet::new();
+        let mut laid_now = Vec::new();
+        let mut lifted_ids = Vec::new();
         {
             let mut overlay = self.overlay.write().expect("overlay lock poisoned");
             overlay
@@ -510,6 +541,7 @@ impl FeedCache {
                     continue;
                 }
                 changed.extend(publication.touched().iter().copied());
+                laid_now.push(publication.id);
                 overlay.laid.insert(publication.id, Arc::new(publication));
             }
             for id in caught_up {
@@ -523,12 +555,25 @@ impl FeedCache {
                     Some(version) => {
                         overlay.shown.insert(*id, (version, Instant::now()));
                     }
-                    None => lifted.extend(publication.touched().iter().copied()),
+                    None => {
+                        lifted.extend(publication.touched().iter().copied());
+                        lifted_ids.push(*id);
+                    }
                 }
             }
             self.metrics
                 .feed_overlay_publications
                 .set(i64::try_from(overlay.laid.len()).unwrap_or(i64::MAX));
+        }
+        // A publication's page shows the log's version; one lifted before
+        // the store showed it is read from the store again.
+        for id in laid_now {
+            if let Some(lookup) = self.laid_publication(id, 0) {
+                self.publications.insert(id, Arc::new(lookup)).await;
+            }
+        }
+        for id in lifted_ids {
+            self.publications.invalidate(&id).await;
         }
         for commune in changed.union(&lifted) {
             let stale = lifted.contains(commune);
@@ -696,6 +741,25 @@ where
             "the entry vanished while loading".into(),
         )),
     }
+}
+
+/// A publication laid over the feeds as the public API shows it; `floor`
+/// stands for its revision, so that the store's next document replaces it.
+fn lookup_of_pending(pending: &PendingPublication, floor: u64) -> PublicationLookup {
+    let Some(entry) = pending.entry() else {
+        return PublicationLookup::Retracted { revision: floor };
+    };
+    let now = now();
+    if entry.shown_from > now {
+        return PublicationLookup::NotFound {
+            revision: floor,
+            shown_from: Some(
+                Instant::now() + Duration::from_micros(now.micros_until(entry.shown_from)),
+            ),
+        };
+    }
+    let json = serde_json::to_vec(&entry.view).expect("a publication serialises");
+    PublicationLookup::Visible(Rendered::new(floor, json, None, now))
 }
 
 /// `floor`: the revision of a missing document (see `FeedStore::floor`).

@@ -373,6 +373,12 @@ async fn while_the_broker_is_down_feeds_show_what_the_log_holds_on_every_instanc
         assert!(past.headers().contains_key("retry-after"));
         assert_problem(past, 503).await;
     }
+    // So do the publications themselves, on the instance that did not take
+    // the commands.
+    let new = b.get(&format!("/v1/publications/{}", during[0])).await;
+    assert_eq!(new.status(), 200);
+    assert_eq!(new.json::<Value>().await.unwrap()["id"], during[0].as_str());
+    assert_problem(b.get(&format!("/v1/publications/{retracted}")).await, 410).await;
     assert!(
         a.metrics_text()
             .await
