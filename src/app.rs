@@ -388,12 +388,13 @@ impl Application {
             "cache follower",
             tokio::spawn(async move { follower.follow(changes, token).await }),
         ));
-        if nats.is_some() {
+        if let Some(client) = &nats {
             tasks.push((
                 "feed overlay",
                 tokio::spawn(crate::overlay::run(
                     store.clone(),
                     cache.clone(),
+                    client.clone(),
                     stop_tasks.clone(),
                 )),
             ));

@@ -9,6 +9,13 @@
 //! publication acknowledged during the outage is read on every instance about
 //! a second later, instead of once the broker has elected its leaders again.
 //!
+//! A publication the broker took just before it went away may not have
+//! reached the store either: while the broker is away (the connection lost,
+//! or rows waiting), rows published a second ago whose record the store has
+//! not shown since are laid over too. (Not while it is up and merely busy:
+//! under a burst of commands the projectors may lag a second behind, and
+//! folding their backlog from the log would only slow them down.)
+//!
 //! The cache lifts a publication once the store shows it (its record reaches
 //! the version laid over). One no longer waiting in the outbox that the store
 //! still does not show after [`LIFT_AFTER`] is lifted anyway, and the pages it
@@ -18,7 +25,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use panneau_domain::{PublicationId, StreamId};
+use panneau_domain::{PublicationId, StreamId, Timestamp};
 use panneau_projections::PendingPublication;
 use tokio_util::sync::CancellationToken;
 
@@ -40,15 +47,30 @@ const PAGE: u32 = 1024;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// Lays overdue publications over `cache` until `shutdown` (cluster mode).
-pub async fn run(store: SqlStore, cache: Arc<FeedCache>, shutdown: CancellationToken) {
+pub async fn run(
+    store: SqlStore,
+    cache: Arc<FeedCache>,
+    broker: async_nats::Client,
+    shutdown: CancellationToken,
+) {
     let mut published_since = HashMap::new();
+    let mut checked_until = crate::now().plus_micros(-micros(OVERDUE) * 3 / 2);
     let mut active = false;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(EVERY) => {}
         }
-        if let Err(error) = look(&store, &cache, &mut published_since).await {
+        cache.forget_old_records();
+        let connected = broker.connection_state() == async_nats::connection::State::Connected;
+        let looked = look(
+            &store,
+            &cache,
+            &mut published_since,
+            &mut checked_until,
+            connected,
+        );
+        if let Err(error) = looked.await {
             tracing::debug!(%error, "cannot look for overdue outbox rows");
         }
         let laid = cache.overlay_len();
@@ -66,12 +88,21 @@ pub async fn run(store: SqlStore, cache: Arc<FeedCache>, shutdown: CancellationT
 
 type Error = Box<dyn std::error::Error + Send + Sync>;
 
-/// One look at the outbox.
+fn micros(duration: Duration) -> i64 {
+    i64::try_from(duration.as_micros()).unwrap_or(i64::MAX)
+}
+
+/// One look at the outbox: the rows still waiting for the broker, and those
+/// it took since `checked_until` (up to a second ago) that the store has not
+/// shown.
 async fn look(
     store: &SqlStore,
     cache: &FeedCache,
     published_since: &mut HashMap<PublicationId, Instant>,
+    checked_until: &mut Timestamp,
+    connected: bool,
 ) -> Result<(), Error> {
+    let until = crate::now().plus_micros(-micros(OVERDUE));
     let mut overdue = Vec::new();
     loop {
         let after = overdue
@@ -84,22 +115,44 @@ async fn look(
             break;
         }
     }
+    let taken = if connected && overdue.is_empty() {
+        Vec::new()
+    } else {
+        bounded(store.published_between(*checked_until, until)).await?
+    };
+    *checked_until = until;
+    let unshown: Vec<_> = taken
+        .into_iter()
+        .filter(|(stream, version)| {
+            StreamId::parse(stream.as_str())
+                .ok()
+                .and_then(|s| s.publication_id())
+                .is_some_and(|id| cache.known_version(id).is_none_or(|known| known < *version))
+        })
+        .collect();
     let laid = cache.overlay_versions();
-    if overdue.is_empty() && laid.is_empty() {
+    if overdue.is_empty() && unshown.is_empty() && laid.is_empty() {
         published_since.clear();
         return Ok(());
     }
     let mut waiting = HashSet::with_capacity(overdue.len());
     let mut pending = Vec::new();
-    for (stream, version) in overdue.into_iter().take(MAX_LAID) {
+    let candidates = overdue.into_iter().map(|row| (row, true));
+    let candidates = candidates.chain(unshown.into_iter().map(|row| (row, false)));
+    for ((stream, version), unpublished) in candidates {
         let Ok(stream) = StreamId::parse(stream) else {
             continue;
         };
         let Some(id) = stream.publication_id() else {
             continue;
         };
-        waiting.insert(id);
-        if laid.get(&id).is_some_and(|laid| *laid >= version) {
+        if unpublished {
+            waiting.insert(id);
+        }
+        if cache
+            .known_version(id)
+            .is_some_and(|known| known >= version)
+        {
             continue;
         }
         let events = bounded(store.read_stream(&stream)).await?;

@@ -174,10 +174,11 @@ fn is_fresh(fresh_until: Option<Instant>) -> bool {
 #[derive(Debug, Default)]
 struct Overlay {
     laid: HashMap<PublicationId, Arc<PendingPublication>>,
-    /// The version of each publication lifted because the store showed it,
-    /// and when: the outbox may still list it for a moment (its row is marked
-    /// published after the broker's acknowledgement, which the projectors
-    /// may beat), and it must not be laid again.
+    /// The latest version of each publication whose record the store showed
+    /// lately, and when: a publication the broker took is laid over only if
+    /// the store has not shown it a second later, and one lifted is not laid
+    /// again while the outbox still lists it (its row is marked published
+    /// after the broker's acknowledgement, which the projectors may beat).
     shown: HashMap<PublicationId, (u64, Instant)>,
 }
 
@@ -187,7 +188,7 @@ struct Overlay {
 pub const MAX_LAID: usize = 10_000;
 
 /// How long a publication the store showed is remembered as shown.
-const SHOWN_FOR: Duration = Duration::from_secs(300);
+const SHOWN_FOR: Duration = Duration::from_secs(60);
 
 /// The cache the public API reads from.
 pub struct FeedCache {
@@ -315,7 +316,18 @@ impl FeedCache {
             .get(&commune)
             .expect("callers check the commune exists");
         let now = now();
-        let document = match self.load(&feed_key(&commune)).await {
+        let key = feed_key(&commune);
+        let document = match self.load(&key).await {
+            // A replica behind the cached first page (after a broker restart)
+            // would leave out what that page's document had: ask the leader.
+            Ok(document)
+                if self.cached_revision(commune).await > document.as_ref().map(|d| d.revision) =>
+            {
+                match self.store.get_latest(&key).await {
+                    Ok(latest) => latest,
+                    Err(_) => document,
+                }
+            }
             Ok(document) => document,
             Err(error) => {
                 // The store is away: the pages down to the horizon of the
@@ -333,6 +345,12 @@ impl FeedCache {
         };
         self.overlay_board(commune, &mut doc, now);
         Ok(render_page(view, &doc, now, Some(cursor), PAGE_SIZE).json)
+    }
+
+    /// The revision of the document the cached first page was rendered from.
+    async fn cached_revision(&self, commune: InseeCode) -> Option<u64> {
+        let hit = self.feeds.get(&commune).await?;
+        Some(hit.base.as_ref().map_or(hit.revision, |base| base.revision))
     }
 
     /// The page after `cursor` as far as the cached first page and the
@@ -486,16 +504,31 @@ impl FeedCache {
             .len()
     }
 
-    /// The version of each publication laid over the feeds, or shown by the
-    /// store since it was lifted: the log need not be read again for them.
+    /// The version of each publication laid over the feeds.
     pub fn overlay_versions(&self) -> HashMap<PublicationId, u64> {
         let overlay = self.overlay.read().expect("overlay lock poisoned");
-        let shown = overlay
-            .shown
+        overlay
+            .laid
             .iter()
-            .map(|(id, (version, _))| (*id, *version));
-        let laid = overlay.laid.iter().map(|(id, p)| (*id, p.version));
-        shown.chain(laid).collect()
+            .map(|(id, p)| (*id, p.version))
+            .collect()
+    }
+
+    /// The latest version of a publication laid over the feeds or shown by
+    /// the store lately: the log need not be read for an earlier one.
+    pub fn known_version(&self, id: PublicationId) -> Option<u64> {
+        let overlay = self.overlay.read().expect("overlay lock poisoned");
+        let laid = overlay.laid.get(&id).map(|p| p.version);
+        let shown = overlay.shown.get(&id).map(|(version, _)| *version);
+        laid.max(shown)
+    }
+
+    /// Forgets the records the store showed long ago.
+    pub fn forget_old_records(&self) {
+        let mut overlay = self.overlay.write().expect("overlay lock poisoned");
+        overlay
+            .shown
+            .retain(|_, (_, when)| when.elapsed() < SHOWN_FOR);
     }
 
     /// Lays publications the store has not caught up with over the feeds
@@ -679,22 +712,21 @@ impl FeedCache {
     /// the store's record is at the version laid over the feeds, the boards
     /// show it and the overlay is lifted.
     async fn lift_if_caught_up(&self, id: PublicationId, record: &Versioned) {
-        let laid = {
-            let overlay = self.overlay.read().expect("overlay lock poisoned");
-            overlay.laid.get(&id).map(|p| p.version)
-        };
-        let Some(version) = laid else {
-            return;
-        };
-        match decode_document::<PublicationState>(&record.value) {
-            Ok(record) if record.version >= version => {
-                self.change_overlay(Vec::new(), &[id], Some(record.version))
-                    .await;
-            }
-            Ok(_) => {}
+        let version = match decode_document::<PublicationState>(&record.value) {
+            Ok(record) => record.version,
             Err(error) => {
-                tracing::error!(%error, publication = %id, "a publication record does not decode")
+                tracing::error!(%error, publication = %id, "a publication record does not decode");
+                return;
             }
+        };
+        let caught_up = {
+            let mut overlay = self.overlay.write().expect("overlay lock poisoned");
+            let shown = overlay.shown.entry(id).or_insert((version, Instant::now()));
+            *shown = (shown.0.max(version), Instant::now());
+            overlay.laid.get(&id).is_some_and(|p| p.version <= version)
+        };
+        if caught_up {
+            self.change_overlay(Vec::new(), &[id], Some(version)).await;
         }
     }
 

@@ -668,6 +668,35 @@ impl SqlStore {
             .collect()
     }
 
+    /// The streams with outbox rows published to the broker in `(after,
+    /// until]`, and the latest version of each published then.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn published_between(
+        &self,
+        after: Timestamp,
+        until: Timestamp,
+    ) -> Result<Vec<(String, u64)>, StoreError> {
+        let rows = sqlx::query(
+            "SELECT stream_id, MAX(stream_version) AS version FROM outbox \
+             WHERE published_at > ? AND published_at <= ? GROUP BY stream_id",
+        )
+        .bind(after.as_unix_micros())
+        .bind(until.as_unix_micros())
+        .fetch_all(&self.pool)
+        .await
+        .map_err(StoreError::from_sqlx)?;
+        rows.iter()
+            .map(|row| {
+                Ok((
+                    column(row, "stream_id")?,
+                    u64::try_from(column::<i64>(row, "version")?).unwrap_or(0),
+                ))
+            })
+            .collect()
+    }
+
     /// The number of rows waiting, and when the oldest was committed.
     ///
     /// # Errors
