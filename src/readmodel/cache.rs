@@ -180,6 +180,15 @@ struct Overlay {
     /// again while the outbox still lists it (its row is marked published
     /// after the broker's acknowledgement, which the projectors may beat).
     shown: HashMap<PublicationId, (u64, Instant)>,
+    /// When `shown` was last rid of its old entries.
+    pruned: Option<Instant>,
+}
+
+impl Overlay {
+    fn forget_old_records(&mut self) {
+        self.shown.retain(|_, (_, when)| when.elapsed() < SHOWN_FOR);
+        self.pruned = Some(Instant::now());
+    }
 }
 
 /// The most publications laid over the feeds at once. An outage at the rate
@@ -526,9 +535,7 @@ impl FeedCache {
     /// Forgets the records the store showed long ago.
     pub fn forget_old_records(&self) {
         let mut overlay = self.overlay.write().expect("overlay lock poisoned");
-        overlay
-            .shown
-            .retain(|_, (_, when)| when.elapsed() < SHOWN_FOR);
+        overlay.forget_old_records();
     }
 
     /// Lays publications the store has not caught up with over the feeds
@@ -723,6 +730,14 @@ impl FeedCache {
             let mut overlay = self.overlay.write().expect("overlay lock poisoned");
             let shown = overlay.shown.entry(id).or_insert((version, Instant::now()));
             *shown = (shown.0.max(version), Instant::now());
+            // Also where no overlay task runs (the embedded mode), at most
+            // once a second.
+            if overlay
+                .pruned
+                .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
+            {
+                overlay.forget_old_records();
+            }
             overlay.laid.get(&id).is_some_and(|p| p.version <= version)
         };
         if caught_up {
