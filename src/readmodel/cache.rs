@@ -563,9 +563,7 @@ impl FeedCache {
         let mut lifted_ids = Vec::new();
         {
             let mut overlay = self.overlay.write().expect("overlay lock poisoned");
-            overlay
-                .shown
-                .retain(|_, (_, when)| when.elapsed() < SHOWN_FOR);
+            overlay.forget_old_records();
             for publication in pending {
                 let already = overlay
                     .laid

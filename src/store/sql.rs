@@ -188,6 +188,18 @@ fn is_duplicate_key(error: &sqlx::Error) -> bool {
             .is_some_and(|n| n == 1062)
 }
 
+/// `(stream_id, version)` rows of an outbox query grouped by stream.
+fn stream_versions(rows: &[AnyRow]) -> Result<Vec<(String, u64)>, StoreError> {
+    rows.iter()
+        .map(|row| {
+            Ok((
+                column(row, "stream_id")?,
+                u64::try_from(column::<i64>(row, "version")?).unwrap_or(0),
+            ))
+        })
+        .collect()
+}
+
 /// An outbox row waiting for the relay.
 #[derive(Debug, Clone)]
 pub struct OutboxRow {
@@ -658,14 +670,7 @@ impl SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    column(row, "stream_id")?,
-                    u64::try_from(column::<i64>(row, "version")?).unwrap_or(0),
-                ))
-            })
-            .collect()
+        stream_versions(&rows)
     }
 
     /// The streams with outbox rows published to the broker in `(after,
@@ -687,14 +692,7 @@ impl SqlStore {
         .fetch_all(&self.pool)
         .await
         .map_err(StoreError::from_sqlx)?;
-        rows.iter()
-            .map(|row| {
-                Ok((
-                    column(row, "stream_id")?,
-                    u64::try_from(column::<i64>(row, "version")?).unwrap_or(0),
-                ))
-            })
-            .collect()
+        stream_versions(&rows)
     }
 
     /// The number of rows waiting, and when the oldest was committed.
