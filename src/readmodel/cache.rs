@@ -199,11 +199,21 @@ pub const MAX_LAID: usize = 10_000;
 /// How long a publication the store showed is remembered as shown.
 const SHOWN_FOR: Duration = Duration::from_secs(60);
 
+/// How long a document the change feed delivered is kept to answer later
+/// pages while the store cannot be read.
+const RECENT_FOR: Duration = Duration::from_secs(60);
+
 /// The cache the public API reads from.
 pub struct FeedCache {
     store: SharedFeedStore,
     communes: Arc<Communes>,
     feeds: Cache<InseeCode, Arc<Rendered>>,
+    /// The feed documents the change feed delivered in the last minute: the
+    /// later pages of a feed that changed are answered from them while the
+    /// store cannot be read (as when the broker has just come back and its
+    /// replicas have no leader yet), where the first page alone would only
+    /// tell its own twenty publications.
+    recent: Cache<InseeCode, Versioned>,
     publications: Cache<PublicationId, Arc<PublicationLookup>>,
     /// Publications the log holds at a version the store does not show yet.
     overlay: RwLock<Overlay>,
@@ -240,10 +250,18 @@ impl FeedCache {
                 },
             )
             .build();
+        let recent = Cache::builder()
+            .max_capacity(capacity_bytes / 16)
+            .weigher(|_: &InseeCode, v: &Versioned| {
+                u32::try_from(v.value.len() + 64).unwrap_or(u32::MAX)
+            })
+            .time_to_live(RECENT_FOR)
+            .build();
         Self {
             store,
             communes,
             feeds,
+            recent,
             publications,
             overlay: RwLock::default(),
             metrics,
@@ -334,14 +352,27 @@ impl FeedCache {
             {
                 match self.store.get_latest(&key).await {
                     Ok(latest) => latest,
-                    Err(_) => document,
+                    // The change feed may have delivered a newer one.
+                    Err(_) => match self.recent.get(&commune).await {
+                        Some(recent)
+                            if Some(recent.revision) > document.as_ref().map(|d| d.revision) =>
+                        {
+                            Some(recent)
+                        }
+                        _ => document,
+                    },
                 }
             }
             Ok(document) => document,
             Err(error) => {
-                // The store is away: the pages down to the horizon of the
-                // cached first page are still known (publications laid over
-                // it since come first in a feed).
+                // The store is away: the document the change feed delivered
+                // last tells the whole board, if it is not behind the cached
+                // first page; else the pages down to the horizon of that page
+                // are still known (publications laid over it since come
+                // first in a feed).
+                if let Some(page) = self.recent_page(commune, cursor, now).await {
+                    return Ok(page);
+                }
                 let Some(page) = self.known_page(commune, cursor, now).await else {
                     return Err(error);
                 };
@@ -360,6 +391,27 @@ impl FeedCache {
     async fn cached_revision(&self, commune: InseeCode) -> Option<u64> {
         let hit = self.feeds.get(&commune).await?;
         Some(hit.base.as_ref().map_or(hit.revision, |base| base.revision))
+    }
+
+    /// The page after `cursor` rendered from the document the change feed
+    /// delivered last, with the pending publications laid over it, if that
+    /// document is as recent as the cached first page.
+    async fn recent_page(
+        &self,
+        commune: InseeCode,
+        cursor: SortKey,
+        now: Timestamp,
+    ) -> Option<Vec<u8>> {
+        let document = self.recent.get(&commune).await?;
+        if self.cached_revision(commune).await > Some(document.revision) {
+            return None;
+        }
+        let mut doc: FeedDocument = decode_document(&document.value)
+            .inspect_err(|error| tracing::error!(%error, commune = %commune, "a feed document does not decode"))
+            .ok()?;
+        self.overlay_board(commune, &mut doc, now);
+        let view = self.communes.get(&commune)?;
+        Some(render_page(view, &doc, now, Some(cursor), PAGE_SIZE).json)
     }
 
     /// The page after `cursor` as far as the cached first page and the
@@ -653,6 +705,14 @@ impl FeedCache {
                     if self.communes.get(&code).is_none() {
                         return;
                     }
+                    let newer = self
+                        .recent
+                        .get(&code)
+                        .await
+                        .is_none_or(|known| known.revision < document.revision);
+                    if newer {
+                        self.recent.insert(code, document.clone()).await;
+                    }
                     let _ = self
                         .feeds
                         .entry(code)
@@ -698,6 +758,7 @@ impl FeedCache {
                     .strip_prefix("feed.")
                     .and_then(|c| InseeCode::parse(c).ok())
                 {
+                    self.recent.invalidate(&code).await;
                     self.feeds.invalidate(&code).await;
                 } else if let Some(id) = key
                     .strip_prefix("pub.")
@@ -707,6 +768,7 @@ impl FeedCache {
                 }
             }
             Change::Reset => {
+                self.recent.invalidate_all();
                 self.feeds.invalidate_all();
                 self.publications.invalidate_all();
             }
@@ -843,6 +905,7 @@ fn render_publication(
 mod tests {
     use std::io::Read;
     use std::sync::Mutex;
+    use std::sync::atomic::{AtomicBool, Ordering};
 
     use async_trait::async_trait;
     use bytes::Bytes;
@@ -855,20 +918,33 @@ mod tests {
     use super::*;
     use crate::codec::encode_document;
 
-    /// A feed store whose replicas lag behind its leader.
+    /// A feed store whose replicas lag behind its leader, and which can be
+    /// made unreadable.
     #[derive(Default)]
     struct LaggingStore {
         replica: Mutex<Option<Versioned>>,
         leader: Mutex<Option<Versioned>>,
+        down: AtomicBool,
+    }
+
+    impl LaggingStore {
+        fn readable(&self) -> Result<(), ReadModelError> {
+            if self.down.load(Ordering::SeqCst) {
+                return Err(ReadModelError::Unavailable("no leader".into()));
+            }
+            Ok(())
+        }
     }
 
     #[async_trait]
     impl FeedStore for LaggingStore {
         async fn get(&self, _: &str) -> Result<Option<Versioned>, ReadModelError> {
+            self.readable()?;
             Ok(self.replica.lock().unwrap().clone())
         }
 
         async fn get_latest(&self, _: &str) -> Result<Option<Versioned>, ReadModelError> {
+            self.readable()?;
             Ok(self.leader.lock().unwrap().clone())
         }
 
@@ -933,9 +1009,7 @@ mod tests {
             .collect()
     }
 
-    #[tokio::test]
-    async fn a_feed_read_again_from_a_lagging_replica_is_not_taken_back_to_an_older_revision() {
-        let store = Arc::new(LaggingStore::default());
+    fn rennes_cache(store: Arc<LaggingStore>) -> FeedCache {
         let communes = Arc::new(Communes::new(vec![CommuneView {
             code: rennes(),
             name: "Rennes".into(),
@@ -943,7 +1017,69 @@ mod tests {
             postcodes: vec!["35000".into()],
             population: 220_488,
         }]));
-        let cache = FeedCache::new(store.clone(), communes, 1 << 20, Arc::new(Metrics::new()));
+        FeedCache::new(store, communes, 1 << 20, Arc::new(Metrics::new()))
+    }
+
+    fn next_cursor(json: &[u8]) -> Option<SortKey> {
+        let page: serde_json::Value = serde_json::from_slice(json).unwrap();
+        page["next"].as_str().and_then(SortKey::from_cursor)
+    }
+
+    #[tokio::test]
+    async fn later_pages_of_a_feed_that_changed_are_served_while_the_store_cannot_be_read() {
+        let store = Arc::new(LaggingStore::default());
+        let cache = rennes_cache(store.clone());
+        let mut changes: Vec<FeedChange> = (1..=25).map(|n| entry(n, None)).collect();
+        let old = board(&changes, 1);
+        *store.replica.lock().unwrap() = Some(old.clone());
+        *store.leader.lock().unwrap() = Some(old);
+        assert_eq!(ids(&cache.feed(rennes()).await.unwrap()).len(), 20);
+
+        // The store loses its leaders (the broker has just come back) while
+        // its change feed brings a new publication.
+        store.down.store(true, Ordering::SeqCst);
+        changes.push(entry(26, None));
+        cache
+            .apply(Change::Put {
+                key: feed_key(&rennes()),
+                document: board(&changes, 2),
+            })
+            .await;
+        let first = cache.feed(rennes()).await.unwrap();
+        assert_eq!(first.revision, 2);
+        assert_eq!(ids(&first).len(), 20);
+        let cursor = next_cursor(&first.identity).expect("the feed goes on");
+        let second = cache
+            .feed_page(rennes(), cursor)
+            .await
+            .expect("the document the change feed delivered tells the rest");
+        let second: serde_json::Value = serde_json::from_slice(&second).unwrap();
+        let mut shown: Vec<String> = ids(&first);
+        shown.extend(
+            second["publications"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|p| p["id"].as_str().unwrap().to_owned()),
+        );
+        assert_eq!(second["next"], serde_json::Value::Null, "the last page");
+        let mut expected: Vec<String> = (1..=26)
+            .map(|n| {
+                PublicationId::new(Uuid::from_u128(
+                    0x0193_6f5e_0000_7000_8000_0000_0000_0000 + n,
+                ))
+                .unwrap()
+                .to_string()
+            })
+            .collect();
+        expected.reverse();
+        assert_eq!(shown, expected, "every publication once, newest first");
+    }
+
+    #[tokio::test]
+    async fn a_feed_read_again_from_a_lagging_replica_is_not_taken_back_to_an_older_revision() {
+        let store = Arc::new(LaggingStore::default());
+        let cache = rennes_cache(store.clone());
         // An entry whose window closes soon makes the cached page expire.
         let closing = entry(1, Some(now().plus_micros(300_000)));
         let lasting = entry(2, None);
