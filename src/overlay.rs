@@ -10,11 +10,15 @@
 //! a second later, instead of once the broker has elected its leaders again.
 //!
 //! A publication the broker took just before it went away may not have
-//! reached the store either: while the broker is away (the connection lost,
-//! or rows waiting), rows published a second ago whose record the store has
-//! not shown since are laid over too. (Not while it is up and merely busy:
-//! under a burst of commands the projectors may lag a second behind, and
-//! folding their backlog from the log would only slow them down.)
+//! reached the store either, nor one it took as it came back (its stream may
+//! have a leader again seconds before the feed bucket does): while the broker
+//! is away (the connection lost, rows waiting or publications laid over) and
+//! for [`AFTERMATH`] after, rows it took in the [`LOOKBACK`] before the last
+//! second whose record the store has not shown since are laid over too (the
+//! broker is seen away only a second after a stream loses its leader, when its
+//! first rows are overdue). (Not while it is up and merely
+//! busy: under a burst of commands the projectors may lag a second behind,
+//! and folding their backlog from the log would only slow them down.)
 //!
 //! The cache lifts a publication once the store shows it (its record reaches
 //! the version laid over). One no longer waiting in the outbox that the store
@@ -25,7 +29,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use panneau_domain::{PublicationId, StreamId, Timestamp};
+use panneau_domain::{PublicationId, StreamId};
 use panneau_projections::PendingPublication;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +45,12 @@ const EVERY: Duration = Duration::from_millis(500);
 /// How long a publication published to the broker may stay laid over feeds
 /// that do not show it.
 const LIFT_AFTER: Duration = Duration::from_secs(30);
+/// How long after the broker was last away the rows it takes are checked
+/// against the store (a restarted cluster elects the leaders of the event
+/// stream and of the feed bucket seconds apart).
+const AFTERMATH: Duration = Duration::from_secs(30);
+/// How far back the rows the broker took are checked against the store.
+const LOOKBACK: Duration = Duration::from_secs(10);
 /// The streams asked for at once.
 const PAGE: u32 = 1024;
 /// The longest one query may take (a frozen database server answers nothing).
@@ -54,8 +64,8 @@ pub async fn run(
     shutdown: CancellationToken,
 ) {
     let mut published_since = HashMap::new();
-    let mut checked_until = crate::now().plus_micros(-micros(OVERDUE) * 3 / 2);
     let mut active = false;
+    let mut last_away: Option<Instant> = None;
     loop {
         tokio::select! {
             () = shutdown.cancelled() => return,
@@ -63,15 +73,15 @@ pub async fn run(
         }
         cache.forget_old_records();
         let connected = broker.connection_state() == async_nats::connection::State::Connected;
-        let looked = look(
-            &store,
-            &cache,
-            &mut published_since,
-            &mut checked_until,
-            connected,
-        );
-        if let Err(error) = looked.await {
-            tracing::debug!(%error, "cannot look for overdue outbox rows");
+        if !connected {
+            last_away = Some(Instant::now());
+        }
+        let after_outage = last_away.is_some_and(|at| at.elapsed() < AFTERMATH);
+        let looked = look(&store, &cache, &mut published_since, after_outage);
+        match looked.await {
+            Ok(true) => last_away = Some(Instant::now()),
+            Ok(false) => {}
+            Err(error) => tracing::debug!(%error, "cannot look for overdue outbox rows"),
         }
         let laid = cache.overlay_len();
         if laid > 0 && !active {
@@ -93,15 +103,15 @@ fn micros(duration: Duration) -> i64 {
 }
 
 /// One look at the outbox: the rows still waiting for the broker, and those
-/// it took since `checked_until` (up to a second ago) that the store has not
-/// shown.
+/// it took in the [`LOOKBACK`] up to a second ago that the store has not
+/// shown (when rows wait, or `after_outage`). Whether the broker seems away:
+/// rows waiting or publications laid over.
 async fn look(
     store: &SqlStore,
     cache: &FeedCache,
     published_since: &mut HashMap<PublicationId, Instant>,
-    checked_until: &mut Timestamp,
-    connected: bool,
-) -> Result<(), Error> {
+    after_outage: bool,
+) -> Result<bool, Error> {
     let until = crate::now().plus_micros(-micros(OVERDUE));
     let mut overdue = Vec::new();
     loop {
@@ -115,12 +125,12 @@ async fn look(
             break;
         }
     }
-    let taken = if connected && overdue.is_empty() {
+    let taken = if !after_outage && overdue.is_empty() {
         Vec::new()
     } else {
-        bounded(store.published_between(*checked_until, until)).await?
+        let since = until.plus_micros(-micros(LOOKBACK));
+        bounded(store.published_between(since, until)).await?
     };
-    *checked_until = until;
     let unshown: Vec<_> = taken
         .into_iter()
         .filter(|(stream, version)| {
@@ -133,7 +143,7 @@ async fn look(
     let laid = cache.overlay_versions();
     if overdue.is_empty() && unshown.is_empty() && laid.is_empty() {
         published_since.clear();
-        return Ok(());
+        return Ok(false);
     }
     let mut waiting = HashSet::with_capacity(overdue.len());
     let mut pending = Vec::new();
@@ -176,7 +186,7 @@ async fn look(
     if !pending.is_empty() || !caught_up.is_empty() {
         cache.lay_over(pending, &caught_up).await;
     }
-    Ok(())
+    Ok(!waiting.is_empty() || cache.overlay_len() > 0)
 }
 
 async fn bounded<T>(query: impl Future<Output = Result<T, StoreError>>) -> Result<T, Error> {

@@ -236,8 +236,9 @@ def resolve_unknowns(history, token):
 
 
 def feeds_show(acked):
-    """Every publication of `acked` is in each of its feeds, on every instance.
-    Feeds are newest first, so paging stops once all are seen."""
+    """None when every publication of `acked` is in each of its feeds, on
+    every instance; else what is not yet so. Feeds are newest first, so paging
+    stops once all are seen."""
     for base in INSTANCES:
         for commune in COMMUNES:
             wanted = {p for p, body in acked.items() if commune in body["communes"]}
@@ -246,14 +247,14 @@ def feeds_show(acked):
                 url = f"{base}/v1/communes/{commune}/feed" + (f"?cursor={cursor}" if cursor else "")
                 status, page = http("GET", url, timeout=5.0)
                 if status != 200:
-                    return False
+                    return f"{url} answered {status}"
                 wanted -= {p["id"] for p in page["publications"]}
                 cursor = page.get("next")
                 if not cursor:
                     break
             if wanted:
-                return False
-    return True
+                return f"{base} feed of {commune} lacks {len(wanted)} publication(s)"
+    return None
 
 
 def whole_history(acked):
@@ -287,12 +288,19 @@ def run_fault(name, inject, heal, hold, token, history, devices):
     with history.lock:
         recent = {c[4]: c[3] for c in history.commands[before:] if c[1] == "ok"}
     convergence = None
+    waits = []  # what kept the feeds from converging, and when
     deadline = time.time() + CONVERGENCE_LIMIT
     while time.time() < deadline:
-        if feeds_show(recent):
+        waiting = feeds_show(recent)
+        if waiting is None:
             convergence = time.time() - fault_end
             break
+        if not waits or waits[-1][1] != waiting:
+            waits.append((time.time() - fault_end, waiting))
         time.sleep(0.1)
+    if convergence is None or convergence > 2.0:
+        for at, waiting in waits[-12:]:
+            print(f"  converging, {at:5.1f} s after the fault: {waiting}", file=sys.stderr)
     time.sleep(max(0.0, 3 - (time.time() - fault_end)))
     workload.finish()
     resolve_unknowns(history, token)
