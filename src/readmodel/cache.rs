@@ -1077,6 +1077,36 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn past_the_cached_first_page_an_unreadable_store_is_unavailable_unless_its_document_was_delivered()
+     {
+        let store = Arc::new(LaggingStore::default());
+        let cache = rennes_cache(store.clone());
+        let changes: Vec<FeedChange> = (1..=25).map(|n| entry(n, None)).collect();
+        let document = board(&changes, 1);
+        *store.replica.lock().unwrap() = Some(document.clone());
+        let first = cache.feed(rennes()).await.unwrap();
+        let cursor = next_cursor(&first.identity).expect("the feed goes on");
+
+        // Loaded, not delivered by the change feed: nothing is known of the
+        // board past the first page.
+        store.down.store(true, Ordering::SeqCst);
+        assert!(matches!(
+            cache.feed_page(rennes(), cursor).await,
+            Err(ReadModelError::Unavailable(_))
+        ));
+
+        cache
+            .apply(Change::Put {
+                key: feed_key(&rennes()),
+                document,
+            })
+            .await;
+        let second = cache.feed_page(rennes(), cursor).await.unwrap();
+        let second: serde_json::Value = serde_json::from_slice(&second).unwrap();
+        assert_eq!(second["publications"].as_array().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
     async fn a_feed_read_again_from_a_lagging_replica_is_not_taken_back_to_an_older_revision() {
         let store = Arc::new(LaggingStore::default());
         let cache = rennes_cache(store.clone());
