@@ -458,7 +458,12 @@ impl FeedCache {
                 }) {
                     return Ok(Op::Nop);
                 }
-                let document = match self.load(&publication_key(&id)).await {
+                let key = publication_key(&id);
+                let document = match self.load(&key).await {
+                    // A replica that lags (after a broker restart) may not
+                    // have it yet: a publication whose notification has just
+                    // reached a phone must not be a 404. Ask the leader.
+                    Ok(None) => self.store.get_latest(&key).await.unwrap_or(None),
                     Ok(document) => document,
                     // The store is away: the log may have told of it.
                     Err(error) => match self.laid_publication(id, 0) {
@@ -910,7 +915,10 @@ mod tests {
     use async_trait::async_trait;
     use bytes::Bytes;
     use futures_util::stream::{self, StreamExt};
-    use panneau_domain::{Body, Category, Priority, Title};
+    use panneau_domain::{
+        Attachments, Body, Category, CommuneSet, Content, Priority, PublisherId, Title, TokenId,
+        VisibilityWindow,
+    };
     use panneau_projections::{CommuneView, FeedChange, PublicationView};
     use uuid::Uuid;
 
@@ -1104,6 +1112,46 @@ mod tests {
         let second = cache.feed_page(rennes(), cursor).await.unwrap();
         let second: serde_json::Value = serde_json::from_slice(&second).unwrap();
         assert_eq!(second["publications"].as_array().unwrap().len(), 5);
+    }
+
+    #[tokio::test]
+    async fn a_publication_a_lagging_replica_does_not_have_yet_is_read_from_the_leader() {
+        let store = Arc::new(LaggingStore::default());
+        let cache = rennes_cache(store.clone());
+        let FeedChange::Upsert(published) = entry(1, None) else {
+            unreachable!("an entry is an upsert")
+        };
+        let view = &published.view;
+        let record = PublicationState {
+            id: view.id,
+            publisher: PublisherId::new(Uuid::from_u128(7)),
+            author: TokenId::new(Uuid::from_u128(8)),
+            content: Content {
+                communes: CommuneSet::new(vec![rennes()]).unwrap(),
+                title: view.title.clone(),
+                body: view.body.clone(),
+                category: view.category,
+                priority: view.priority,
+                window: VisibilityWindow::new(None, None).unwrap(),
+                attachments: Attachments::new(Vec::new()).unwrap(),
+            },
+            notify: true,
+            status: Status::Live {
+                published_at: view.published_at,
+            },
+            updated_at: None,
+            version: 1,
+        };
+        *store.leader.lock().unwrap() = Some(Versioned {
+            value: Bytes::from(encode_document(&record)),
+            revision: 3,
+        });
+        let lookup = cache.publication(published.view.id).await.unwrap();
+        let PublicationLookup::Visible(page) = lookup.as_ref() else {
+            panic!("the leader has it: {lookup:?}");
+        };
+        let body: serde_json::Value = serde_json::from_slice(&page.identity).unwrap();
+        assert_eq!(body["id"], published.view.id.to_string());
     }
 
     #[tokio::test]
