@@ -133,11 +133,11 @@ async fn look(
     };
     let unshown: Vec<_> = taken
         .into_iter()
-        .filter(|(stream, version)| {
-            StreamId::parse(stream.as_str())
-                .ok()
-                .and_then(|s| s.publication_id())
-                .is_some_and(|id| cache.known_version(id).is_none_or(|known| known < *version))
+        .filter_map(publication_row)
+        .filter(|(_, id, version)| {
+            cache
+                .known_version(*id)
+                .is_none_or(|known| known < *version)
         })
         .collect();
     let laid = cache.overlay_versions();
@@ -147,15 +147,10 @@ async fn look(
     }
     let mut waiting = HashSet::with_capacity(overdue.len());
     let mut pending = Vec::new();
-    let candidates = overdue.into_iter().map(|row| (row, true));
+    let overdue = overdue.into_iter().filter_map(publication_row);
+    let candidates = overdue.map(|row| (row, true));
     let candidates = candidates.chain(unshown.into_iter().map(|row| (row, false)));
-    for ((stream, version), unpublished) in candidates {
-        let Ok(stream) = StreamId::parse(stream) else {
-            continue;
-        };
-        let Some(id) = stream.publication_id() else {
-            continue;
-        };
+    for ((stream, id, version), unpublished) in candidates {
         if unpublished {
             waiting.insert(id);
         }
@@ -187,6 +182,13 @@ async fn look(
         cache.lay_over(pending, &caught_up).await;
     }
     Ok(!waiting.is_empty() || cache.overlay_len() > 0)
+}
+
+/// An outbox row's stream, as a publication's: its id and the version.
+fn publication_row((stream, version): (String, u64)) -> Option<(StreamId, PublicationId, u64)> {
+    let stream = StreamId::parse(stream).ok()?;
+    let id = stream.publication_id()?;
+    Some((stream, id, version))
 }
 
 async fn bounded<T>(query: impl Future<Output = Result<T, StoreError>>) -> Result<T, Error> {
