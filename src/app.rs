@@ -375,12 +375,19 @@ impl Application {
         } = backend;
         let log: Arc<dyn EventStore> = Arc::new(store.clone());
         let state: Arc<dyn StateStore> = Arc::new(store.clone());
-        let cache = Arc::new(FeedCache::new(
+        let mut cache = FeedCache::new(
             feeds.clone(),
             communes.clone(),
             config.feed_cache_bytes,
             metrics.clone(),
-        ));
+        );
+        if nats.is_some() {
+            // The bucket's replicas elect their leaders seconds apart after a
+            // broker restart: a sixteenth of the budget keeps the documents
+            // its watch delivered in the last minute.
+            cache = cache.keeping_recent_documents(config.feed_cache_bytes / 16);
+        }
+        let cache = Arc::new(cache);
         let follower = cache.clone();
         let changes = feeds.watch();
         let token = stop_tasks.clone();

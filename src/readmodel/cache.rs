@@ -212,8 +212,9 @@ pub struct FeedCache {
     /// later pages of a feed that changed are answered from them while the
     /// store cannot be read (as when the broker has just come back and its
     /// replicas have no leader yet), where the first page alone would only
-    /// tell its own twenty publications.
-    recent: Cache<InseeCode, Versioned>,
+    /// tell its own twenty publications. Only where the store is replicated
+    /// (cluster mode; see [`FeedCache::keeping_recent_documents`]).
+    recent: Option<Cache<InseeCode, Versioned>>,
     publications: Cache<PublicationId, Arc<PublicationLookup>>,
     /// Publications the log holds at a version the store does not show yet.
     overlay: RwLock<Overlay>,
@@ -250,22 +251,37 @@ impl FeedCache {
                 },
             )
             .build();
-        let recent = Cache::builder()
-            .max_capacity(capacity_bytes / 16)
-            .weigher(|_: &InseeCode, v: &Versioned| {
-                u32::try_from(v.value.len() + 64).unwrap_or(u32::MAX)
-            })
-            .time_to_live(RECENT_FOR)
-            .build();
         Self {
             store,
             communes,
             feeds,
-            recent,
+            recent: None,
             publications,
             overlay: RwLock::default(),
             metrics,
         }
+    }
+
+    /// Also keeps the feed documents the change feed delivered in the last
+    /// minute, at most `capacity_bytes` of them, to answer later pages while
+    /// the store cannot be read (a replicated store electing its leaders).
+    #[must_use]
+    pub fn keeping_recent_documents(mut self, capacity_bytes: u64) -> Self {
+        self.recent = Some(
+            Cache::builder()
+                .max_capacity(capacity_bytes)
+                .weigher(|_: &InseeCode, v: &Versioned| {
+                    u32::try_from(v.value.len() + 64).unwrap_or(u32::MAX)
+                })
+                .time_to_live(RECENT_FOR)
+                .build(),
+        );
+        self
+    }
+
+    /// The feed document the change feed delivered last, in the last minute.
+    async fn recent_document(&self, commune: InseeCode) -> Option<Versioned> {
+        self.recent.as_ref()?.get(&commune).await
     }
 
     pub fn communes(&self) -> &Communes {
@@ -353,7 +369,7 @@ impl FeedCache {
                 match self.store.get_latest(&key).await {
                     Ok(latest) => latest,
                     // The change feed may have delivered a newer one.
-                    Err(_) => match self.recent.get(&commune).await {
+                    Err(_) => match self.recent_document(commune).await {
                         Some(recent)
                             if Some(recent.revision) > document.as_ref().map(|d| d.revision) =>
                         {
@@ -402,7 +418,7 @@ impl FeedCache {
         cursor: SortKey,
         now: Timestamp,
     ) -> Option<Vec<u8>> {
-        let document = self.recent.get(&commune).await?;
+        let document = self.recent_document(commune).await?;
         if self.cached_revision(commune).await > Some(document.revision) {
             return None;
         }
@@ -710,13 +726,14 @@ impl FeedCache {
                     if self.communes.get(&code).is_none() {
                         return;
                     }
-                    let newer = self
-                        .recent
-                        .get(&code)
-                        .await
-                        .is_none_or(|known| known.revision < document.revision);
-                    if newer {
-                        self.recent.insert(code, document.clone()).await;
+                    if let Some(recent) = &self.recent {
+                        let newer = recent
+                            .get(&code)
+                            .await
+                            .is_none_or(|known| known.revision < document.revision);
+                        if newer {
+                            recent.insert(code, document.clone()).await;
+                        }
                     }
                     let _ = self
                         .feeds
@@ -763,7 +780,9 @@ impl FeedCache {
                     .strip_prefix("feed.")
                     .and_then(|c| InseeCode::parse(c).ok())
                 {
-                    self.recent.invalidate(&code).await;
+                    if let Some(recent) = &self.recent {
+                        recent.invalidate(&code).await;
+                    }
                     self.feeds.invalidate(&code).await;
                 } else if let Some(id) = key
                     .strip_prefix("pub.")
@@ -773,7 +792,9 @@ impl FeedCache {
                 }
             }
             Change::Reset => {
-                self.recent.invalidate_all();
+                if let Some(recent) = &self.recent {
+                    recent.invalidate_all();
+                }
                 self.feeds.invalidate_all();
                 self.publications.invalidate_all();
             }
@@ -1026,6 +1047,7 @@ mod tests {
             population: 220_488,
         }]));
         FeedCache::new(store, communes, 1 << 20, Arc::new(Metrics::new()))
+            .keeping_recent_documents(1 << 18)
     }
 
     fn next_cursor(json: &[u8]) -> Option<SortKey> {
