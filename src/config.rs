@@ -58,7 +58,9 @@ pub struct Config {
     pub feed_max_age: u64,
     pub feed_stale_while_revalidate: u64,
     pub feed_stale_if_error: u64,
-    /// Memory for rendered feeds, bytes.
+    /// Memory for rendered feeds, bytes; rendered publications get a quarter
+    /// of it more, and in cluster mode the feed documents delivered in the
+    /// last minute a sixteenth more.
     pub feed_cache_bytes: u64,
     /// Take client addresses from `X-Forwarded-For` (only behind a trusted proxy).
     pub trust_forwarded_for: bool,
