@@ -14,11 +14,11 @@
 //! have a leader again seconds before the feed bucket does): while the broker
 //! is away (the connection lost, rows waiting or publications laid over) and
 //! for [`AFTERMATH`] after, rows it took in the [`LOOKBACK`] before the last
-//! second whose record the store has not shown since are laid over too (the
+//! second whose record the store has not shown since are laid over too: the
 //! broker is seen away only a second after a stream loses its leader, when its
-//! first rows are overdue). (Not while it is up and merely
-//! busy: under a burst of commands the projectors may lag a second behind,
-//! and folding their backlog from the log would only slow them down.)
+//! first rows are overdue. Not while it is up and merely busy: under a burst
+//! of commands the projectors may lag a second behind, and folding their
+//! backlog from the log would only slow them down.
 //!
 //! The cache lifts a publication once the store shows it (its record reaches
 //! the version laid over). One no longer waiting in the outbox that the store
