@@ -95,15 +95,21 @@ def signal_group(name, sig):
         pass
 
 
+def alive(process):
+    """Whether a process runs: a zombie (killed, not yet reaped by its parent,
+    the init of whoever ran the cluster) does not."""
+    try:
+        with open(f"/proc/{process}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, ProcessLookupError, IndexError):
+        return False
+
+
 def kill9(name):
     signal_group(name, signal.SIGKILL)
     deadline = time.time() + 10
-    while time.time() < deadline:
-        try:
-            os.kill(pid(name), 0)
-            time.sleep(0.1)
-        except ProcessLookupError:
-            return
+    while time.time() < deadline and alive(pid(name)):
+        time.sleep(0.1)
 
 
 def restart(name):
@@ -419,11 +425,9 @@ def faults():
             for name in ("panneau1", "panneau2"):
                 signal_group(name, signal.SIGTERM)
                 for _ in range(300):
-                    try:
-                        os.kill(pid(name), 0)
-                        time.sleep(0.1)
-                    except ProcessLookupError:
+                    if not alive(pid(name)):
                         break
+                    time.sleep(0.1)
                 restart(name)
 
         return inject, lambda: None
