@@ -116,6 +116,16 @@ def restart(name):
     subprocess.run([CLUSTER, "start", name], check=True, stdout=subprocess.DEVNULL)
 
 
+def lb_serves(name):
+    """Whether the HTTP load balancer has marked an instance up again."""
+    try:
+        with urllib.request.urlopen(ENV["PANNEAU_LOCAL_LB_STATS"] + "/;csv", timeout=2) as answer:
+            rows = answer.read().decode().splitlines()
+    except OSError:
+        return False
+    return any(r.split(",")[:2] == ["panneau", name] and r.split(",")[17] == "UP" for r in rows)
+
+
 def status_value(prefix):
     out = subprocess.run([CLUSTER, "status"], capture_output=True, text=True).stdout
     for line in out.splitlines():
@@ -429,6 +439,15 @@ def faults():
                         break
                     time.sleep(0.1)
                 restart(name)
+                # As an operator would: the next one only once the load
+                # balancer sends requests to this one again (two health
+                # checks, 0.5 s apart), or no instance is left to serve.
+                for _ in range(100):
+                    if lb_serves(name):
+                        break
+                    time.sleep(0.1)
+                else:
+                    sys.exit(f"the load balancer did not mark {name} up again within 10 s")
 
         return inject, lambda: None
 
