@@ -319,6 +319,62 @@ async fn whole_feed(app: &TestApp, commune: &str) -> Vec<String> {
 }
 
 #[tokio::test]
+async fn a_publication_the_broker_took_but_no_projector_applied_is_shown_once_the_broker_is_gone() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let mut nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = a
+        .publisher("Mairie", communes(&["35238"]), panneau_domain::Role::Editor)
+        .await;
+    let before = a.publish_ok(&token, &notice(&["35238"])).await;
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(WAIT, || async {
+                feed_of(app, "35238").await == [before.clone()]
+            })
+            .await,
+            "both instances serve the feed before the fault"
+        );
+    }
+
+    // The feed bucket refuses writes (full, discarding new messages) while
+    // the event stream still takes events: the relay publishes the next
+    // command's event, no projector can apply it.
+    let context = async_nats::jetstream::new(js::connect(&nats.url()).await.unwrap());
+    let bucket = format!("KV_{}", js::FEEDS_BUCKET);
+    let mut stream = context.get_stream(&bucket).await.unwrap();
+    let info = stream.info().await.unwrap().clone();
+    let mut full = info.config.clone();
+    full.max_bytes = i64::try_from(info.state.bytes).unwrap();
+    full.discard = async_nats::jetstream::stream::DiscardPolicy::New;
+    context.update_stream(&full).await.unwrap();
+    let taken = a.publish_ok(&token, &notice(&["35238"])).await;
+    // Long after the relay published it: no row waits in the outbox.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    for app in [&a, &b] {
+        assert_eq!(
+            feed_of(app, "35238").await,
+            std::slice::from_ref(&before),
+            "no projector applied it"
+        );
+    }
+
+    // The broker goes away before any projector could apply it: every
+    // instance reads it from the log.
+    nats.kill();
+    for app in [&a, &b] {
+        assert!(
+            app.eventually(Duration::from_secs(5), || async {
+                feed_of(app, "35238").await == [taken.clone(), before.clone()]
+            })
+            .await,
+            "the publication the broker took is shown while the broker is away"
+        );
+    }
+}
+
+#[tokio::test]
 async fn while_the_broker_is_down_feeds_show_what_the_log_holds_on_every_instance() {
     let database = TestDatabase::create(&shared_mariadb_url()).await;
     let mut nats = NatsServer::start();
