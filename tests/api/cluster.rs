@@ -14,6 +14,16 @@ use crate::infra::{Instance, NatsServer, PrivateMariaDb, TestDatabase, shared_ma
 
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Two instances sharing a fresh database and a NATS server of their own
+/// (bind the database: dropping it deletes it).
+async fn two_instances() -> (TestDatabase, NatsServer, TestApp, TestApp) {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    (database, nats, a, b)
+}
+
 async fn feed_of(app: &TestApp, commune: &str) -> Vec<String> {
     app.feed_ids(commune).await
 }
@@ -38,10 +48,7 @@ async fn the_mariadb_store_keeps_the_event_store_contract() {
 
 #[tokio::test]
 async fn a_publication_made_through_one_instance_is_served_by_another() {
-    let database = TestDatabase::create(&shared_mariadb_url()).await;
-    let nats = NatsServer::start();
-    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
-    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let (_database, _nats, a, b) = two_instances().await;
     let token = a
         .publisher(
             "Mairie de Rennes",
@@ -246,10 +253,7 @@ async fn reads_survive_a_database_outage_and_commands_get_a_clear_503() {
 
 #[tokio::test]
 async fn commands_are_accepted_while_nats_is_down_and_every_feed_converges_after() {
-    let database = TestDatabase::create(&shared_mariadb_url()).await;
-    let mut nats = NatsServer::start();
-    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
-    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let (_database, mut nats, a, b) = two_instances().await;
     let token = a
         .publisher(
             "Mairie",
@@ -320,10 +324,7 @@ async fn whole_feed(app: &TestApp, commune: &str) -> Vec<String> {
 
 #[tokio::test]
 async fn a_publication_the_broker_took_but_no_projector_applied_is_shown_once_the_broker_is_gone() {
-    let database = TestDatabase::create(&shared_mariadb_url()).await;
-    let mut nats = NatsServer::start();
-    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
-    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let (_database, mut nats, a, b) = two_instances().await;
     let token = a
         .publisher("Mairie", communes(&["35238"]), panneau_domain::Role::Editor)
         .await;
@@ -376,10 +377,7 @@ async fn a_publication_the_broker_took_but_no_projector_applied_is_shown_once_th
 
 #[tokio::test]
 async fn while_the_broker_is_down_feeds_show_what_the_log_holds_on_every_instance() {
-    let database = TestDatabase::create(&shared_mariadb_url()).await;
-    let mut nats = NatsServer::start();
-    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
-    let b = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let (_database, mut nats, a, b) = two_instances().await;
     let token = a
         .publisher("Mairie", communes(&["35238"]), panneau_domain::Role::Editor)
         .await;
