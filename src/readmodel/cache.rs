@@ -879,20 +879,10 @@ where
 /// A publication laid over the feeds as the public API shows it; `floor`
 /// stands for its revision, so that the store's next document replaces it.
 fn lookup_of_pending(pending: &PendingPublication, floor: u64) -> PublicationLookup {
-    let Some(entry) = pending.entry() else {
-        return PublicationLookup::Retracted { revision: floor };
-    };
-    let now = now();
-    if entry.shown_from > now {
-        return PublicationLookup::NotFound {
-            revision: floor,
-            shown_from: Some(
-                Instant::now() + Duration::from_micros(now.micros_until(entry.shown_from)),
-            ),
-        };
+    match pending.entry() {
+        Some(entry) => lookup_of_entry(entry, floor),
+        None => PublicationLookup::Retracted { revision: floor },
     }
-    let json = serde_json::to_vec(&entry.view).expect("a publication serialises");
-    PublicationLookup::Visible(Rendered::new(floor, json, None, now))
 }
 
 /// `floor`: the revision of a missing document (see `FeedStore::floor`).
@@ -912,19 +902,22 @@ fn render_publication(
         return Ok(PublicationLookup::Retracted { revision });
     }
     let entry = FeedEntry::of(&record).expect("only retracted publications have no entry");
+    Ok(lookup_of_entry(&entry, revision))
+}
+
+/// A publication on the boards: not found until it shows, then its view.
+fn lookup_of_entry(entry: &FeedEntry, revision: u64) -> PublicationLookup {
     let now = now();
     if entry.shown_from > now {
-        return Ok(PublicationLookup::NotFound {
+        return PublicationLookup::NotFound {
             revision,
             shown_from: Some(
                 Instant::now() + Duration::from_micros(now.micros_until(entry.shown_from)),
             ),
-        });
+        };
     }
     let json = serde_json::to_vec(&entry.view).expect("a publication serialises");
-    Ok(PublicationLookup::Visible(Rendered::new(
-        revision, json, None, now,
-    )))
+    PublicationLookup::Visible(Rendered::new(revision, json, None, now))
 }
 
 #[cfg(test)]
