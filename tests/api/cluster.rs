@@ -94,7 +94,13 @@ async fn a_publication_made_through_one_instance_is_served_by_another() {
         b.eventually(WAIT, || async { feed_of(&b, "35051").await.is_empty() })
             .await
     );
-    assert_problem(b.get(&format!("/v1/publications/{id}")).await, 410).await;
+    // The publication's record is written after the boards it leaves.
+    let path = format!("/v1/publications/{id}");
+    assert!(
+        b.eventually(WAIT, || async { b.get(&path).await.status() == 410 })
+            .await
+    );
+    assert_problem(b.get(&path).await, 410).await;
 }
 
 #[tokio::test]
