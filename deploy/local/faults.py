@@ -105,11 +105,19 @@ def alive(process):
         return False
 
 
+def wait_until(condition, seconds):
+    """Whether `condition()` came true within `seconds` (looked at every 0.1 s)."""
+    deadline = time.time() + seconds
+    while not condition():
+        if time.time() >= deadline:
+            return False
+        time.sleep(0.1)
+    return True
+
+
 def kill9(name):
     signal_group(name, signal.SIGKILL)
-    deadline = time.time() + 10
-    while time.time() < deadline and alive(pid(name)):
-        time.sleep(0.1)
+    wait_until(lambda: not alive(pid(name)), 10)
 
 
 def restart(name):
@@ -434,19 +442,12 @@ def faults():
         def inject():
             for name in ("panneau1", "panneau2"):
                 signal_group(name, signal.SIGTERM)
-                for _ in range(300):
-                    if not alive(pid(name)):
-                        break
-                    time.sleep(0.1)
+                wait_until(lambda: not alive(pid(name)), 30)
                 restart(name)
                 # As an operator would: the next one only once the load
                 # balancer sends requests to this one again (two health
                 # checks, 0.5 s apart), or no instance is left to serve.
-                for _ in range(100):
-                    if lb_serves(name):
-                        break
-                    time.sleep(0.1)
-                else:
+                if not wait_until(lambda: lb_serves(name), 10):
                     sys.exit(f"the load balancer did not mark {name} up again within 10 s")
 
         return inject, lambda: None
