@@ -71,7 +71,6 @@ pub async fn run(
             () = shutdown.cancelled() => return,
             () = tokio::time::sleep(EVERY) => {}
         }
-        cache.forget_old_records();
         let connected = broker.connection_state() == async_nats::connection::State::Connected;
         if !connected {
             last_away = Some(Instant::now());

@@ -605,12 +605,6 @@ impl FeedCache {
         laid.max(shown)
     }
 
-    /// Forgets the records the store showed long ago.
-    pub fn forget_old_records(&self) {
-        let mut overlay = self.overlay.write().expect("overlay lock poisoned");
-        overlay.forget_old_records();
-    }
-
     /// Lays publications the store has not caught up with over the feeds
     /// (`pending`: each folded from its whole stream at the log's latest
     /// version), and lifts the `caught_up` ones off (the store still does not
@@ -816,8 +810,8 @@ impl FeedCache {
             let mut overlay = self.overlay.write().expect("overlay lock poisoned");
             let shown = overlay.shown.entry(id).or_insert((version, Instant::now()));
             *shown = (shown.0.max(version), Instant::now());
-            // Also where no overlay task runs (the embedded mode), at most
-            // once a second.
+            // The records shown grow only here: forget the old ones, at
+            // most once a second.
             if overlay
                 .pruned
                 .is_none_or(|at| at.elapsed() > Duration::from_secs(1))
