@@ -160,12 +160,52 @@ pub struct BuildLabels {
 
 type FloatGauge = Gauge<f64, AtomicU64>;
 
+/// The series of the hottest request, the first page of a cached feed
+/// answered before the router (`api::fast`), looked up once: hashing its
+/// label set for every request cost more than the counting itself.
+#[derive(Debug)]
+struct FirstFeedPage {
+    ok: Counter,
+    not_modified: Counter,
+    duration: Histogram,
+}
+
+impl FirstFeedPage {
+    fn of(
+        requests: &Family<HttpLabels, Counter>,
+        duration: &Family<RouteLabels, Histogram>,
+    ) -> Self {
+        let route = Route::Known(crate::api::fast::FEED_ROUTE);
+        let method = Method::of(&http::Method::GET);
+        let counter = |status| {
+            requests
+                .get_or_create(&HttpLabels {
+                    route: route.clone(),
+                    method: method.clone(),
+                    status: Status(status),
+                })
+                .clone()
+        };
+        Self {
+            ok: counter(http::StatusCode::OK),
+            not_modified: counter(http::StatusCode::NOT_MODIFIED),
+            duration: duration
+                .get_or_create(&RouteLabels {
+                    route: route.clone(),
+                    method: method.clone(),
+                })
+                .clone(),
+        }
+    }
+}
+
 /// Every metric of one instance.
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     pub http_requests: Family<HttpLabels, Counter>,
     pub http_duration: Family<RouteLabels, Histogram>,
+    first_feed_page: FirstFeedPage,
     pub feed_cache_hits: Counter,
     pub feed_cache_misses: Counter,
     pub feed_store_loads: Counter,
@@ -337,6 +377,7 @@ impl Metrics {
         registry.register("build_info", "The running release", build_info);
         Self {
             registry,
+            first_feed_page: FirstFeedPage::of(&http_requests, &http_duration),
             http_requests,
             http_duration,
             feed_cache_hits,
@@ -360,6 +401,43 @@ impl Metrics {
             nats_connected,
             vault_token_expiry,
         }
+    }
+
+    /// Counts an answered HTTP request and the time it took.
+    pub fn http_request(
+        &self,
+        route: &Route,
+        method: &http::Method,
+        status: http::StatusCode,
+        elapsed: std::time::Duration,
+    ) {
+        self.http_requests
+            .get_or_create(&HttpLabels {
+                route: route.clone(),
+                method: Method::of(method),
+                status: Status(status),
+            })
+            .inc();
+        self.http_duration
+            .get_or_create(&RouteLabels {
+                route: route.clone(),
+                method: Method::of(method),
+            })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    /// [`Metrics::http_request`] for `GET` of a feed's first page.
+    pub fn first_feed_page(&self, status: http::StatusCode, elapsed: std::time::Duration) {
+        let requests = match status {
+            http::StatusCode::OK => &self.first_feed_page.ok,
+            http::StatusCode::NOT_MODIFIED => &self.first_feed_page.not_modified,
+            _ => {
+                let route = Route::Known(crate::api::fast::FEED_ROUTE);
+                return self.http_request(&route, &http::Method::GET, status, elapsed);
+            }
+        };
+        requests.inc();
+        self.first_feed_page.duration.observe(elapsed.as_secs_f64());
     }
 
     /// The OpenMetrics text exposition.

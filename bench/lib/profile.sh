@@ -4,6 +4,7 @@
 # Profiles of the two hot paths, kept beside the benchmark report so that the
 # next optimisation starts from data (sourced by bench/run, part `profile`):
 #   docs/profiles/read-path.txt  cached feed GETs, embedded mode
+#   docs/profiles/read-path-h2.txt  the same over HTTP/2
 #   docs/profiles/fanout.txt     a department-wide notification fan-out, cluster mode
 #   docs/profiles/*.svg          flame graphs of the same workloads (perf), when perf works here
 # The .txt profiles run the instance under callgrind: instruction counts (Ir) do
@@ -26,6 +27,7 @@ mkdir -p "$profile_dir"
 if ! command -v valgrind >/dev/null || ! command -v callgrind_annotate >/dev/null; then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 fi
+command -v h2load >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client >/dev/null
 # bench/run builds the fake push provider only for its fanout part.
 [[ $part == all || $part == fanout ]] || cargo build --release --quiet --example fake_push
 profile_nats_bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/nats-server"
@@ -124,6 +126,16 @@ response = function(status, headers, body)
   end
 end
 LUA
+
+# The same count of requests over HTTP/2 (cleartext, prior knowledge): h2load,
+# 4 connections of 10 concurrent streams, every answer a 200.
+profile_h2load() { # base URL, requests, encoding
+  local result
+  result=$(timeout 240 h2load -t1 -c4 -m10 -n "$2" -H "Accept-Encoding: $3" "$1/v1/communes/35238/feed" 2>&1) \
+    || profile_fail "h2load did not complete $2 requests ($3) within 240 s: $(tail -n 5 <<< "$result")"
+  grep -q "^status codes: $2 2xx, 0 3xx, 0 4xx, 0 5xx" <<< "$result" \
+    || profile_fail "h2load: $(grep -E '^(requests|status codes)' <<< "$result")"
+}
 
 profile_wrk() { # base URL, requests, encodings
   local result
@@ -358,7 +370,7 @@ profile_header() { # title, what was measured (lines), raw data file in bench/ou
 
 # --- read path: cached feed GETs, embedded mode ----------------------------------------
 profile_read() {
-  local http ops db token base pid log cg total total_identity total_gzip per per_identity per_gzip
+  local http ops db token base pid log cg total total_identity total_gzip total_h2 per per_identity per_gzip per_h2
   local size size_gz each=$((profile_requests / 2)) started=$SECONDS i
   http=$(port); ops=$(port)
   db=$work/profile-read.db
@@ -397,9 +409,17 @@ profile_read() {
   profile_wrk "$base" "$each" gzip
   profile_callgrind "$pid" -d gzip
   total_gzip=$(profile_dump_total "$cg.3")
+  # HTTP/2, gzip: warmed up on connections of its own, then counted apart.
+  profile_h2load "$base" 1000 gzip
+  profile_callgrind "$pid" -z
+  profile_h2load "$base" "$each" gzip
+  profile_callgrind "$pid" -d h2-gzip
+  total_h2=$(profile_dump_total "$cg.4")
   profile_stop "$pid" "$log" "$cg"
   per=$((total / profile_requests)); per_identity=$((total_identity / each)); per_gzip=$((total_gzip / each))
+  per_h2=$((total_h2 / each))
   cp "$cg.1" "$out/callgrind.read-path"
+  cp "$cg.4" "$out/callgrind.read-path-h2"
   {
     profile_header "Read-path profile: cached feed GET, embedded mode" "$(cat <<TXT
 Measured: $(profile_n "$profile_requests") keep-alive requests \`GET /v1/communes/35238/feed\` (Rennes, 20
@@ -418,11 +438,29 @@ Flame graph of the same requests on a native instance: read-path.svg.
 | per request (identity and gzip alternating) | $(profile_n "$per") |
 | per request, identity only | $(profile_n "$per_identity") |
 | per request, gzip only | $(profile_n "$per_gzip") |
+| per request, gzip only, over HTTP/2 | $(profile_n "$per_h2") (read-path-h2.txt) |
 TXT
 )" callgrind.read-path
     profile_annotate "$cg.1" "$profile_requests" request
   } > "$profile_dir/read-path.txt"
-  record "profile read" "{\"ir_per_request\": $per, \"ir_per_request_identity\": $per_identity, \"ir_per_request_gzip\": $per_gzip, \"requests\": $profile_requests, \"ir_total\": $total, \"feed_bytes\": $size, \"feed_bytes_gzip\": $size_gz, \"revision\": \"$profile_revision\", \"seconds\": $((SECONDS - started))}"
+  {
+    profile_header "Read-path profile over HTTP/2: cached feed GET, embedded mode" "$(cat <<TXT
+Measured: $(profile_n "$each") requests \`GET /v1/communes/35238/feed\` with \`Accept-Encoding: gzip\`
+($size_gz bytes) over HTTP/2 (cleartext, prior knowledge), from \`h2load -t1 -c4 -m10\` (4
+connections of 10 concurrent streams), to the instance of read-path.txt, after its
+HTTP/1.1 runs and 1,000 warm-up requests over HTTP/2; counters zeroed before and
+dumped right after.
+
+| figure | Ir |
+|---|---|
+| total, $(profile_n "$each") requests | $(profile_n "$total_h2") |
+| per request | $(profile_n "$per_h2") |
+| per request over HTTP/1.1, for comparison (read-path.txt) | $(profile_n "$per_gzip") |
+TXT
+)" callgrind.read-path-h2
+    profile_annotate "$cg.4" "$each" request
+  } > "$profile_dir/read-path-h2.txt"
+  record "profile read" "{\"ir_per_request\": $per, \"ir_per_request_identity\": $per_identity, \"ir_per_request_gzip\": $per_gzip, \"ir_per_request_h2_gzip\": $per_h2, \"requests\": $profile_requests, \"ir_total\": $total, \"feed_bytes\": $size, \"feed_bytes_gzip\": $size_gz, \"revision\": \"$profile_revision\", \"seconds\": $((SECONDS - started))}"
   echo "profile: read path $(profile_n "$per") Ir per request ($((SECONDS - started)) s)"
   if [[ $profile_flames != 0 ]]; then
     profile_flame_read "$db" || profile_flame_failed "$profile_dir/read-path.svg"

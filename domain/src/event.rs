@@ -108,10 +108,15 @@ impl RequestId {
     /// `MalformedRequestId` unless 1–128 visible ASCII characters.
     pub fn parse(text: impl Into<String>) -> Result<Self, ValueError> {
         let text = text.into();
-        if text.is_empty() || text.len() > 128 || !text.bytes().all(|b| b.is_ascii_graphic()) {
+        if !Self::is_valid(&text) {
             return Err(ValueError::MalformedRequestId);
         }
         Ok(Self(text))
+    }
+
+    /// Whether `text` is a request id: 1–128 visible ASCII characters.
+    pub fn is_valid(text: &str) -> bool {
+        !text.is_empty() && text.len() <= 128 && text.bytes().all(|b| b.is_ascii_graphic())
     }
 
     pub fn as_str(&self) -> &str {

@@ -91,17 +91,11 @@ async fn answer(app: AppState, router: Router, commune: InseeCode, request: Requ
             Err(never) => match never {},
         };
     };
-    let (_, echoed) = request_id(request.headers());
+    let echoed = request_id(request.headers());
     let route = Route::Known(FEED_ROUTE);
     let span = request_span(&echoed, &Method::GET, &route);
     let response = public::serve(&rendered, request.headers(), &app);
-    answered(
-        &app.metrics,
-        route,
-        &Method::GET,
-        started,
-        &span,
-        echoed,
-        response,
-    )
+    let elapsed = started.elapsed();
+    app.metrics.first_feed_page(response.status(), elapsed);
+    answered(&route, elapsed, &span, echoed, response)
 }

@@ -19,7 +19,7 @@ use tracing::Instrument;
 use uuid::Uuid;
 
 use crate::commands::CommandHandler;
-use crate::metrics::{HttpLabels, Metrics, RouteLabels};
+use crate::metrics::Metrics;
 use crate::readmodel::cache::FeedCache;
 use crate::store::{DeviceStore, EventStore, NotificationStore, StateStore};
 
@@ -181,31 +181,38 @@ pub async fn request_context(
     next: Next,
 ) -> Response {
     let started = Instant::now();
-    let (request_id, echoed) = request_id(request.headers());
+    let echoed = request_id(request.headers());
     let route = crate::metrics::Route::of(request.extensions().get::<MatchedPath>().cloned());
     let method = request.method().clone();
+    let request_id = RequestId::parse(visible(&echoed)).expect("checked when made");
     request.extensions_mut().insert(request_id);
     let span = request_span(&echoed, &method, &route);
     let response = next.run(request).instrument(span.clone()).await;
-    answered(&metrics, route, &method, started, &span, echoed, response)
+    let elapsed = started.elapsed();
+    metrics.http_request(&route, &method, response.status(), elapsed);
+    answered(&route, elapsed, &span, echoed, response)
 }
 
-/// The id of a request and the header echoing it, made once: a sensible id
-/// from the client is echoed as it came (no copy), else a UUIDv7 is formatted
-/// on the stack.
-pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> (RequestId, HeaderValue) {
-    let given = headers.get(&X_REQUEST_ID).and_then(|value| {
-        let id = RequestId::parse(value.to_str().ok()?).ok()?;
-        Some((id, value.clone()))
-    });
-    given.unwrap_or_else(|| {
-        let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
-        let text = Uuid::now_v7().hyphenated().encode_lower(&mut text);
-        (
-            RequestId::parse(&*text).expect("a UUID is a valid request id"),
-            HeaderValue::from_str(text).expect("a UUID is a valid header value"),
-        )
-    })
+/// The header echoing a request's id, made once: a sensible id from the
+/// client is echoed as it came (no copy), else a UUIDv7 is formatted on the
+/// stack.
+pub(crate) fn request_id(headers: &axum::http::HeaderMap) -> HeaderValue {
+    headers
+        .get(&X_REQUEST_ID)
+        .filter(|value| value.to_str().is_ok_and(RequestId::is_valid))
+        .cloned()
+        .unwrap_or_else(|| {
+            let mut text = [0_u8; uuid::fmt::Hyphenated::LENGTH];
+            let text = Uuid::now_v7().hyphenated().encode_lower(&mut text);
+            HeaderValue::from_str(text).expect("a UUID is a valid header value")
+        })
+}
+
+/// The text of a request id made by [`request_id`].
+fn visible(echoed: &HeaderValue) -> &str {
+    echoed
+        .to_str()
+        .expect("the request id is visible ASCII, checked when made")
 }
 
 /// The span of a request: its id, method and route on every log line.
@@ -214,44 +221,22 @@ pub(crate) fn request_span(
     method: &axum::http::Method,
     route: &crate::metrics::Route,
 ) -> tracing::Span {
-    let request_id = echoed
-        .to_str()
-        .expect("the request id is visible ASCII, checked when made");
-    tracing::info_span!("request", request_id = %request_id, %method, route = route.as_str())
+    tracing::info_span!("request", request_id = visible(echoed), %method, route = route.as_str())
 }
 
-/// Counts and logs an answered request (with the cause of any refusal or
-/// server error, reported to Sentry once for a server error) and echoes its id.
+/// Logs an answered request, counted by the caller (with the cause of any
+/// refusal or server error, reported to Sentry once for a server error), and
+/// echoes its id.
 pub(crate) fn answered(
-    metrics: &Metrics,
-    route: crate::metrics::Route,
-    method: &axum::http::Method,
-    started: Instant,
+    route: &crate::metrics::Route,
+    elapsed: std::time::Duration,
     span: &tracing::Span,
-    echoed: HeaderValue,
+    mut echoed: HeaderValue,
     mut response: Response,
 ) -> Response {
-    let request_id = echoed
-        .to_str()
-        .expect("the request id is visible ASCII, checked when made");
+    let request_id = visible(&echoed);
     let status = response.status();
-    let elapsed = started.elapsed();
     let latency_ms = elapsed.as_secs_f64() * 1_000.0;
-    metrics
-        .http_requests
-        .get_or_create(&HttpLabels {
-            route: route.clone(),
-            method: crate::metrics::Method::of(method),
-            status: crate::metrics::Status(status),
-        })
-        .inc();
-    metrics
-        .http_duration
-        .get_or_create(&RouteLabels {
-            route: route.clone(),
-            method: crate::metrics::Method::of(method),
-        })
-        .observe(elapsed.as_secs_f64());
     let _entered = span.enter();
     if let Some(cause) = response.extensions_mut().remove::<ErrorCause>() {
         if status.is_server_error() {
@@ -269,6 +254,11 @@ pub(crate) fn answered(
     } else {
         tracing::info!(status = status.as_u16(), latency_ms, "request");
     }
+    // A request id is unique to its response: over HTTP/2, HPACK would add
+    // each one to the connection's table of headers, pushing out the
+    // repeated ones (Cache-Control, Content-Type, Vary) for nothing. Marked
+    // sensitive, it is sent as a literal that is never indexed.
+    echoed.set_sensitive(true);
     response.headers_mut().insert(X_REQUEST_ID.clone(), echoed);
     response
 }

@@ -311,6 +311,18 @@ async fn a_cached_feed_is_answered_as_one_not_cached_yet() {
     let second = answer(other.get_with(path, &headers).await).await;
     assert_eq!(first.0, 304);
     assert_eq!(first, second);
+    // Each answer counted once, under the same series either way.
+    let metrics = other.metrics_text().await;
+    for series in [
+        "panneau_http_requests_total{route=\"/v1/communes/{code}/feed\",method=\"GET\",status=\"200\"} 2",
+        "panneau_http_requests_total{route=\"/v1/communes/{code}/feed\",method=\"GET\",status=\"304\"} 2",
+        "panneau_http_request_duration_seconds_count{route=\"/v1/communes/{code}/feed\",method=\"GET\"} 4",
+    ] {
+        assert!(
+            metrics.lines().any(|line| line == series),
+            "{series} in\n{metrics}"
+        );
+    }
     // Requests the shortcut does not take still go to the router.
     assert_problem(other.get("/v1/communes/3523/feed").await, 400).await;
     assert_problem(other.get("/v1/communes/99999/feed").await, 404).await;
