@@ -673,6 +673,20 @@ impl SqlStore {
         stream_versions(&rows)
     }
 
+    /// Whether some relay had an outbox row acknowledged by the broker after
+    /// `since`.
+    ///
+    /// # Errors
+    /// `Unavailable`.
+    pub async fn published_after(&self, since: Timestamp) -> Result<bool, StoreError> {
+        let row = sqlx::query("SELECT 1 FROM outbox WHERE published_at > ? LIMIT 1")
+            .bind(since.as_unix_micros())
+            .fetch_optional(&self.pool)
+            .await
+            .map_err(StoreError::from_sqlx)?;
+        Ok(row.is_some())
+    }
+
     /// The streams with outbox rows published to the broker in `(after,
     /// until]`, and the latest version of each published then.
     ///
