@@ -79,7 +79,7 @@ lines = [
 run_time = groups.get("run time")
 if run_time:
     lines += ["The last complete `bench/run` (every part) took %.1f minutes, its cargo builds included" % (run_time[-1]["seconds"] / 60),
-              "(a fresh checkout adds the release build from nothing, 5 to 7 minutes on this machine).", ""]
+              "(a fresh checkout adds the release build from nothing, 5 to 10 minutes on this machine).", ""]
 
 def summary():
     """One line per target: the figure, its anchor or target, met or missed."""
