@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use panneau::app::Application;
 use panneau::bus::jetstream::{self as js, DUPLICATE_WINDOW};
+use panneau::store::EventStore;
 use panneau::store::sql::{PoolSettings, SqlStore};
 use serde_json::{Value, json};
 
@@ -379,6 +380,56 @@ async fn a_publication_the_broker_took_but_no_projector_applied_is_shown_once_th
             "the publication the broker took is shown while the broker is away"
         );
     }
+}
+
+/// Rows waiting for a relay that is merely behind are not taken for the
+/// broker being away while it acknowledges other rows: the publication is
+/// shown once a relay publishes it, not folded from the log a second after
+/// its commit (which, under a burst of commands, slowed the relays down
+/// further).
+#[tokio::test]
+async fn rows_waiting_for_a_relay_that_is_behind_are_not_taken_for_the_broker_away() {
+    let database = TestDatabase::create(&shared_mariadb_url()).await;
+    let nats = NatsServer::start();
+    let a = spawn_cluster_app(&database.url(), &nats.url()).await;
+    let token = a
+        .publisher("Mairie", communes(&["35051"]), panneau_domain::Role::Editor)
+        .await;
+    // Committed through a store of its own, which no relay serves first:
+    // every relay leaves its row for RELAY_GRACE (3 s), as it would the row
+    // of an instance that stopped.
+    let store = SqlStore::connect(&database.url(), &PoolSettings::default())
+        .await
+        .unwrap();
+    let id = crate::store::new_id();
+    let event = crate::store::envelope(id, 1, crate::store::published(id));
+    store
+        .append(crate::store::append(id, 0, vec![event]))
+        .await
+        .unwrap();
+    let committed = std::time::Instant::now();
+    // Meanwhile the broker takes a command through A every 200 ms, which A's
+    // relay publishes at once.
+    let mut feed = feed_of(&a, "35238").await;
+    while committed.elapsed() < Duration::from_millis(2500) {
+        assert!(
+            !feed.contains(&id.to_string()),
+            "shown {:?} after its commit, before any relay published it",
+            committed.elapsed()
+        );
+        a.publish_ok(&token, &notice(&["35051"])).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        feed = feed_of(&a, "35238").await;
+    }
+    // A relay publishes it after the grace, the projector applies it.
+    assert!(
+        a.eventually(WAIT, || async {
+            feed_of(&a, "35238").await.contains(&id.to_string())
+        })
+        .await,
+        "shown once a relay published it"
+    );
+    store.close().await;
 }
 
 #[tokio::test]

@@ -10,7 +10,7 @@ use panneau_domain::{
 };
 use uuid::Uuid;
 
-fn published(id: PublicationId) -> PublicationEvent {
+pub(crate) fn published(id: PublicationId) -> PublicationEvent {
     PublicationEvent::Published(PublicationPublished {
         id,
         publisher: PublisherId::new(Uuid::from_u128(1)),
@@ -29,7 +29,7 @@ fn published(id: PublicationId) -> PublicationEvent {
     })
 }
 
-fn envelope(
+pub(crate) fn envelope(
     id: PublicationId,
     version: u64,
     payload: PublicationEvent,
@@ -50,7 +50,11 @@ fn envelope(
     }
 }
 
-fn append(id: PublicationId, expected: u64, events: Vec<Envelope<PublicationEvent>>) -> Append {
+pub(crate) fn append(
+    id: PublicationId,
+    expected: u64,
+    events: Vec<Envelope<PublicationEvent>>,
+) -> Append {
     Append {
         stream: StreamId::publication(id),
         expected_version: expected,
@@ -60,7 +64,7 @@ fn append(id: PublicationId, expected: u64, events: Vec<Envelope<PublicationEven
     }
 }
 
-fn new_id() -> PublicationId {
+pub(crate) fn new_id() -> PublicationId {
     PublicationId::new(Uuid::now_v7()).unwrap()
 }
 
