@@ -84,7 +84,7 @@ if run_time:
         last["seconds"] / 60, "" if build is None else ", %.1f of them in its cargo build%s" % (
             build / 60, " from an empty target directory" if last.get("build_from_nothing") else " (incremental)"))]
     if "install_seconds" in last:
-        fetched = ", ".join(last["installed"]) or "nothing"
+        fetched = ", ".join(dict.fromkeys(last["installed"])) or "nothing"
         lines += ["Before it, %.1f minutes installing what was missing (%s); the build %s." % (
             last["install_seconds"] / 60, fetched,
             "downloaded every crate (no crate cache)" if last["crates_downloaded"] else "found the crates already downloaded")]
