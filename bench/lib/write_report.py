@@ -319,7 +319,7 @@ if feed_rows:
         if all(all(v) for v in equal.values()) and all(offered.values()):
             lines += [
                 "",
-                "Reports before commit FIXCOMMIT computed these latencies over h2load's per-request log",
+                "Reports before commit 7067ad5 computed these latencies over h2load's per-request log",
                 "of every earlier run of the part (h2load appends to `--log-file`): their HTTP/2",
                 "latencies, pinned runs included, were wrong; each run now has a log of its own.",
                 "",
