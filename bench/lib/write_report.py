@@ -285,6 +285,8 @@ if feed_rows:
                 lines += ["With wrk on a core of its own and each server on the other (table below), identity",
                           "at 64 connections has a p99 of %.1f ms for Panneau and %.1f ms for nginx."
                           % (med(ours, "p99_us")[0] / 1000, med(theirs, "p99_us")[0] / 1000)]
+            else:
+                lines += ["This run did not measure the same load with wrk on a core of its own."]
             lines += ["A load generator on a second machine would settle it; not done."]
         lines += [""]
     pinned = {k: v for k, v in feed_rows.items()
