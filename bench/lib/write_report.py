@@ -318,12 +318,14 @@ if feed_rows:
         equal = {e: [groups.get("feed h2 equal %s %s c64" % (t, e)) for t in ("panneau", "nginx")]
                  for e in ("identity", "gzip")}
         offered = {e: groups.get("feed h2 offered %s" % e) for e in ("identity", "gzip")}
+        lines += [
+            "",
+            "Reports before commit 7067ad5 computed these latencies over h2load's per-request log",
+            "of every earlier run of the part (h2load appends to `--log-file`): their HTTP/2",
+            "latencies, pinned runs included, were wrong; each run now has a log of its own.",
+        ]
         if all(all(v) for v in equal.values()) and all(offered.values()):
             lines += [
-                "",
-                "Reports before commit 7067ad5 computed these latencies over h2load's per-request log",
-                "of every earlier run of the part (h2load appends to `--log-file`): their HTTP/2",
-                "latencies, pinned runs included, were wrong; each run now has a log of its own.",
                 "",
                 "The same two servers at an equal offered load below both their capacities, half of",
                 "what the slower of the two served above (`h2load --rps`, per connection): the",
