@@ -277,12 +277,13 @@ impl Application {
                 let client = jetstream::connect(nats_url).await?;
                 let js = async_nats::jetstream::new(client.clone());
                 // A broker cluster that is still electing its leaders times
-                // requests out for a while: keep trying for a minute.
+                // requests out for a while (longer on a loaded machine): keep
+                // trying for two minutes.
                 let mut attempts = 0;
                 let topology = loop {
                     match jetstream::ensure_topology(&js, config.nats_replicas).await {
                         Ok(topology) => break topology,
-                        Err(error) if attempts < 12 => {
+                        Err(error) if attempts < 24 => {
                             attempts += 1;
                             tracing::warn!(error = %error, attempts, "cannot set up JetStream yet; retrying");
                             tokio::time::sleep(Duration::from_secs(5)).await;
