@@ -9,7 +9,6 @@ use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 
 use panneau_projections::Communes;
 use tokio::net::TcpListener;
@@ -528,24 +527,10 @@ impl Application {
         let stop = CancellationToken::new();
         let http_stop = stop.clone();
         let ops_stop = stop.clone();
-        // Responses go out as soon as they are written: an HTTP/2 response
-        // is several frames, and Nagle's algorithm would hold the last of
-        // them for the client's delayed acknowledgement (tens of ms).
-        let listener = self.http.tap_io(|tcp| {
-            if let Err(error) = tcp.set_nodelay(true) {
-                tracing::debug!(%error, "cannot set TCP_NODELAY on a connection");
-            }
-        });
-        let http = axum::serve(
-            listener,
-            axum::ServiceExt::<axum::extract::Request>::into_make_service_with_connect_info::<
-                SocketAddr,
-            >(self.api),
-        )
-        .with_graceful_shutdown(async move { http_stop.cancelled().await });
+        let http = crate::serve::serve(self.http, self.api, http_stop);
         let ops = axum::serve(self.ops, self.ops_router)
             .with_graceful_shutdown(async move { ops_stop.cancelled().await });
-        let http = tokio::spawn(http.into_future());
+        let http = tokio::spawn(http);
         let ops = tokio::spawn(ops.into_future());
         shutdown.await;
         tracing::info!("shutting down");

@@ -22,6 +22,7 @@ pub mod readmodel;
 pub mod replay;
 pub mod scheduler;
 pub mod secrets;
+pub mod serve;
 pub mod store;
 pub mod subscription;
 pub mod telemetry;

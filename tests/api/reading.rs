@@ -329,3 +329,58 @@ async fn a_cached_feed_is_answered_as_one_not_cached_yet() {
     let paged = other.get(&format!("{path}?cursor=nonsense")).await;
     assert_problem(paged, 400).await;
 }
+
+/// The apps speak HTTP/2 where they can: many requests on one connection,
+/// answered from the cache, from the router, and after waiting for a body.
+#[tokio::test]
+async fn http2_clients_read_and_publish_over_one_connection_like_http1_clients() {
+    let app = spawn_app().await;
+    let token = app.town_hall().await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // A command: its handler waits for the body, so it runs as a task.
+    let published = h2
+        .post(app.url("/v1/publications"))
+        .bearer_auth(&token)
+        .json(&notice(&["35238"]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(published.version(), reqwest::Version::HTTP_2);
+    assert_eq!(published.status(), 201);
+    assert!(
+        app.eventually(Duration::from_secs(2), || async {
+            app.feed_ids("35238").await.len() == 1
+        })
+        .await
+    );
+    let over_http1 = app
+        .get_with("/v1/communes/35238/feed", &[("Accept-Encoding", "gzip")])
+        .await;
+    let etag = over_http1.headers()["etag"].clone();
+    let expected = over_http1.bytes().await.unwrap();
+    // Cached first pages, all at once on the one connection.
+    let reads = (0..64).map(|_| {
+        h2.get(app.url("/v1/communes/35238/feed"))
+            .header("Accept-Encoding", "gzip")
+            .send()
+    });
+    for response in futures_util::future::join_all(reads).await {
+        let response = response.unwrap();
+        assert_eq!(response.version(), reqwest::Version::HTTP_2);
+        assert_eq!(response.status(), 200);
+        assert_eq!(response.headers()["content-encoding"], "gzip");
+        assert_eq!(response.headers()["etag"], etag);
+        assert_eq!(response.bytes().await.unwrap(), expected);
+    }
+    // What the router answers: a problem, on the same connection.
+    let unknown = h2
+        .get(app.url("/v1/communes/99999/feed"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unknown.version(), reqwest::Version::HTTP_2);
+    assert_problem(unknown, 404).await;
+}
