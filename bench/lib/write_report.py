@@ -76,6 +76,20 @@ lines = [
     "are lower bounds of what the server does alone.",
     "",
 ]
+# The machines of this workplace differ in speed from one session to the next
+# (twice over, seen here): the figures without an anchor in the same run
+# (fan-out, replay, the run's time) move with them. nginx on one core is the
+# run's own measure of the machine.
+speed = groups.get("feed pinned nginx identity c64")
+if speed:
+    lines += [
+        "Speed of this machine: nginx alone on one core served %.0f requests/s (HTTP/1.1, identity," % med(speed, "rps")[0],
+        "64 connections; the pinned runs of the read path). The same measure was 54,539 in the report",
+        "of commit 2db233b, whose run reached 20,482 notifications/s and 117,043 replayed",
+        "events/s: the figures without an anchor in the same run (fan-out, replay, the time",
+        "of the run) move with the machine, the ratios to nginx and MariaDB much less.",
+        "",
+    ]
 run_time = groups.get("run time")
 if run_time:
     last = run_time[-1]
@@ -350,20 +364,30 @@ if feed_rows:
                 "([docs/profiles/read-path-h2.txt](profiles/read-path-h2.txt), callgrind, commit %s)."
                 % h2_profile["revision"][:7],
                 "The difference is hyper's HTTP/2 server: the h2 crate's frame decoding, its HPACK",
-                "encoder and decoder, stream bookkeeping, and a task spawned per stream. That profile",
-                "found one cost of ours: every response's `X-Request-Id`, unique by design, was added",
+                "encoder and decoder, and stream bookkeeping. That profile found one cost of ours:",
+                "every response's `X-Request-Id`, unique by design, was added",
                 "to HPACK's table of the connection, pushing out the headers that repeat. It is now",
                 "sent as a literal never indexed: 2,300 instructions less per request over HTTP/2",
                 "(48,400 to 46,100, measured the same way before and after commit bfbaf0d). The metric series of",
                 "the feed are now looked up once rather than hashed for every request, and the",
                 "shortcut no longer makes a request id it drops: 1,700 less on both protocols.",
+                "",
+                "Until commit 96d35d4 the server also spawned a task per stream (`axum::serve`'s",
+                "executor): a trip through the scheduler for microseconds of work, and at saturation",
+                "a place in the run queue behind every other connection's streams. That made the",
+                "tail: the report of commit 2db233b had p99 20.8 ms against nginx's 17.3 ms for gzip,",
+                "also with h2load on a core of its own. A stream now runs at once in its connection's",
+                "task and is spawned only if it has to wait (`src/serve.rs`, ADR 12): about 3,800",
+                "instructions less per request (44,580 at commit d1c112b), and by hand on one machine,",
+                "before and after, h2load gzip went from 35,600 to 43,300 req/s and its p99 from 41.5 to",
+                "29.9 ms (nginx: 34,100 req/s, 32.5 ms).",
             ]
         slower_tail = [e for e in ("identity", "gzip") if p99s_if_behind(h2, "feed h2", e)]
         if slower_tail:
             lines += [
                 "This run's p99 is above nginx's for %s. The suspects are the cores shared with" % " and ".join(slower_tail),
                 "h2load (the pinned runs below), and the instructions hyper's HTTP/2",
-                "server spends per request (above). Not fixed yet.",
+                "server spends per request (above). Not fixed.",
             ]
         pinned_h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed pinned h2 ")}
         if pinned_h2:
@@ -527,6 +551,13 @@ if fanout:
         "Command: `bench/run fanout` (`FANOUT_DEVICES` and `FANOUT_RATE` change the audience and the limiter).",
         "",
     ]
+    if rate[0] < 10000:
+        lines += [
+            "Below the target in this run. The fan-out has no anchor measured beside it, so its",
+            "figure moves with the machine: see \"Speed of this machine\" at the top, and",
+            "`docs/profiles/fanout.txt` for where its time goes.",
+            "",
+        ]
 
 replay = groups.get("replay feeds")
 if replay:
