@@ -537,8 +537,7 @@ impl Application {
         stop.cancel();
         let drain = async {
             let (http, ops) = tokio::join!(http, ops);
-            http.context("the HTTP server panicked")?
-                .context("the HTTP server failed")?;
+            http.context("the HTTP server panicked")?;
             ops.context("the ops server panicked")?
                 .context("the ops server failed")?;
             self.stop_tasks.cancel();

@@ -61,16 +61,9 @@ where
 }
 
 /// Serves `api` on `listener` until `stop` is cancelled, then stops
-/// accepting and lets the open connections finish their requests.
-///
-/// # Errors
-/// None today: a failed accept (out of file descriptors, say) is logged and
-/// retried; the result leaves room for a listener that can fail for good.
-pub async fn serve(
-    listener: TcpListener,
-    api: Api,
-    stop: CancellationToken,
-) -> std::io::Result<()> {
+/// accepting and lets the open connections finish their requests. A failed
+/// accept (out of file descriptors, say) is logged and retried.
+pub async fn serve(listener: TcpListener, api: Api, stop: CancellationToken) {
     let builder = auto::Builder::new(RunFirst);
     let graceful = GracefulShutdown::new();
     loop {
@@ -112,7 +105,6 @@ pub async fn serve(
     }
     drop(listener);
     graceful.shutdown().await;
-    Ok(())
 }
 
 /// Errors about one connection, not the listener: the next accept may succeed.
