@@ -9,7 +9,8 @@
 //!   job to one instance; the audience is streamed in batches (keyset pagination,
 //!   memory bounded whatever its size); each batch's devices are claimed in the
 //!   database before anything is sent, and the checkpoint is saved after, so a
-//!   crash resumes where it stopped without notifying anyone twice.
+//!   crash resumes where it stopped without notifying anyone twice. The
+//!   database work for the slices before and after overlaps with the sending.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -281,6 +282,39 @@ enum Ended {
     LeaseLost,
 }
 
+/// Where a job reads its audience next.
+struct Cursor {
+    index: usize,
+    after: Option<Uuid>,
+    /// Devices read and not yet handed out.
+    batch: std::vec::IntoIter<Target>,
+    /// The position last checkpointed (commune, last device).
+    recorded: (usize, Option<Uuid>),
+}
+
+/// Devices claimed for sending, all of one commune.
+struct Slice {
+    commune_index: usize,
+    targets: Vec<Target>,
+    /// Those not claimed before: the others were sent to before a crash.
+    fresh: Vec<Uuid>,
+}
+
+enum Taken {
+    Slice(Slice),
+    End,
+    LeaseLost,
+    ShuttingDown,
+}
+
+#[derive(Default)]
+struct Timing {
+    audience: Duration,
+    claim: Duration,
+    send: Duration,
+    checkpoint: Duration,
+}
+
 impl FanOut {
     /// Takes and runs jobs until `shutdown`; `wake` says a job may be waiting.
     pub async fn run(self, wake: Arc<Notify>, shutdown: CancellationToken) {
@@ -350,79 +384,68 @@ impl FanOut {
             ttl: self.settings.ttl,
         };
         let communes = &job.job.communes;
-        let mut index = job.commune_index;
-        let mut after = job.last_device;
         let started = std::time::Instant::now();
         let mut total = job.sent;
-        // Where the time goes, reported when the job ends.
-        let mut timing = [Duration::ZERO; 4];
-        while index < communes.len() {
-            if shutdown.is_cancelled() {
-                // Shutting down between two slices: hand the job over now
-                // rather than when the lease runs out.
+        // Where the time goes, reported when the job ends. The parts overlap:
+        // their sum exceeds the job's time.
+        let mut timing = Timing::default();
+        let mut cursor = Cursor {
+            index: job.commune_index,
+            after: job.last_device,
+            batch: Vec::new().into_iter(),
+            recorded: (job.commune_index, job.last_device),
+        };
+        // While a slice is being sent, the one before it is checkpointed and
+        // the one after it read and claimed: the database's round trips and
+        // commits no longer stop the sending. A crash loses at most the slice
+        // being sent and the one claimed after it (nobody gets one twice).
+        let mut checkpoint: Option<Progress> = None;
+        let mut next = self
+            .take_slice(publication, communes, &mut cursor, &mut timing, shutdown)
+            .await?;
+        while let Taken::Slice(slice) = next {
+            let to_send: Vec<&Target> = slice
+                .targets
+                .iter()
+                .filter(|t| slice.fresh.contains(&t.device))
+                .collect();
+            let sending = async {
+                let clock = std::time::Instant::now();
+                let progress = self.send_batch(&to_send, &message).await;
+                (progress, clock.elapsed())
+            };
+            let ahead = async {
+                if let Some(progress) = checkpoint.take() {
+                    if self.checkpoint(publication, &progress, &mut timing).await? {
+                        cursor.recorded = (progress.commune_index, progress.last_device);
+                    } else {
+                        return Ok(Taken::LeaseLost);
+                    }
+                }
+                self.take_slice(publication, communes, &mut cursor, &mut timing, shutdown)
+                    .await
+            };
+            let ((mut progress, sent_in), taken) = tokio::join!(sending, ahead);
+            timing.send += sent_in;
+            total += progress.sent;
+            progress.commune_index = slice.commune_index;
+            progress.last_device = slice.targets.last().map(|t| t.device);
+            checkpoint = Some(progress);
+            next = taken?;
+        }
+        if let Some(progress) = checkpoint
+            && !self.checkpoint(publication, &progress, &mut timing).await?
+        {
+            return Ok(Ended::LeaseLost);
+        }
+        match next {
+            Taken::Slice(_) | Taken::End => {}
+            Taken::LeaseLost => return Ok(Ended::LeaseLost),
+            Taken::ShuttingDown => {
+                // Hand the job over now rather than when the lease runs out.
                 self.store.release_job(publication, self.owner).await?;
                 return Ok(Ended::LeaseLost);
             }
-            let clock = std::time::Instant::now();
-            let targets = self
-                .store
-                .audience(communes, index, after, self.settings.batch)
-                .await?;
-            timing[0] += clock.elapsed();
-            let Some(last) = targets.last().map(|t| t.device) else {
-                index += 1;
-                after = None;
-                let progress = Progress {
-                    commune_index: index,
-                    last_device: None,
-                    ..Progress::default()
-                };
-                if self
-                    .store
-                    .record_progress(
-                        publication,
-                        self.owner,
-                        &progress,
-                        in_future(self.settings.lease),
-                    )
-                    .await?
-                    .is_err()
-                {
-                    return Ok(Ended::LeaseLost);
-                }
-                continue;
-            };
-            // Devices are claimed just before they are sent to, a slice at a time:
-            // a crash loses at most the slice in flight (nobody gets it twice).
-            for slice in targets.chunks(self.settings.concurrency.max(1)) {
-                let ids: Vec<Uuid> = slice.iter().map(|t| t.device).collect();
-                let clock = std::time::Instant::now();
-                let claimed = self.claim(publication, &ids).await?;
-                let Ok(fresh) = claimed else {
-                    return Ok(Ended::LeaseLost);
-                };
-                timing[1] += clock.elapsed();
-                let to_send: Vec<&Target> =
-                    slice.iter().filter(|t| fresh.contains(&t.device)).collect();
-                let clock = std::time::Instant::now();
-                let mut progress = self.send_batch(&to_send, &message).await;
-                timing[2] += clock.elapsed();
-                progress.commune_index = index;
-                progress.last_device = ids.last().copied();
-                total += progress.sent;
-                let clock = std::time::Instant::now();
-                let lease = in_future(self.settings.lease);
-                if self
-                    .store
-                    .record_progress(publication, self.owner, &progress, lease)
-                    .await?
-                    .is_err()
-                {
-                    return Ok(Ended::LeaseLost);
-                }
-                timing[3] += clock.elapsed();
-            }
-            after = Some(last);
         }
         self.store
             .finish_job(publication, JobStatus::Done, crate::now())
@@ -436,13 +459,95 @@ impl FanOut {
             %publication,
             sent = total,
             seconds = started.elapsed().as_secs_f64(),
-            audience_ms = ms(timing[0]),
-            claim_ms = ms(timing[1]),
-            send_ms = ms(timing[2]),
-            checkpoint_ms = ms(timing[3]),
+            audience_ms = ms(timing.audience),
+            claim_ms = ms(timing.claim),
+            send_ms = ms(timing.send),
+            checkpoint_ms = ms(timing.checkpoint),
             "notification job done"
         );
         Ok(Ended::Finished)
+    }
+
+    /// The next slice of devices, claimed: read from the audience a batch at a
+    /// time, past the communes without any device.
+    async fn take_slice(
+        &self,
+        publication: panneau_domain::PublicationId,
+        communes: &[panneau_domain::InseeCode],
+        cursor: &mut Cursor,
+        timing: &mut Timing,
+        shutdown: &CancellationToken,
+    ) -> Result<Taken, StoreError> {
+        loop {
+            let targets: Vec<Target> = cursor
+                .batch
+                .by_ref()
+                .take(self.settings.concurrency.max(1))
+                .collect();
+            if !targets.is_empty() {
+                if shutdown.is_cancelled() {
+                    return Ok(Taken::ShuttingDown);
+                }
+                let ids: Vec<Uuid> = targets.iter().map(|t| t.device).collect();
+                let clock = std::time::Instant::now();
+                let Ok(fresh) = self.claim(publication, &ids).await? else {
+                    return Ok(Taken::LeaseLost);
+                };
+                timing.claim += clock.elapsed();
+                return Ok(Taken::Slice(Slice {
+                    commune_index: cursor.index,
+                    targets,
+                    fresh,
+                }));
+            }
+            if cursor.index >= communes.len() {
+                return Ok(Taken::End);
+            }
+            let clock = std::time::Instant::now();
+            let batch = self
+                .store
+                .audience(communes, cursor.index, cursor.after, self.settings.batch)
+                .await?;
+            timing.audience += clock.elapsed();
+            if let Some(last) = batch.last() {
+                cursor.after = Some(last.device);
+                cursor.batch = batch.into_iter();
+            } else {
+                cursor.index += 1;
+                cursor.after = None;
+                // Keeps the lease while communes without devices go by,
+                // leaving the checkpoint where it was: a slice before them
+                // may still be being sent.
+                let (commune_index, last_device) = cursor.recorded;
+                let unchanged = Progress {
+                    commune_index,
+                    last_device,
+                    ..Progress::default()
+                };
+                if !self.checkpoint(publication, &unchanged, timing).await? {
+                    return Ok(Taken::LeaseLost);
+                }
+            }
+        }
+    }
+
+    /// Saves the position and the counts, renewing the lease; false when the
+    /// lease was lost.
+    async fn checkpoint(
+        &self,
+        publication: panneau_domain::PublicationId,
+        progress: &Progress,
+        timing: &mut Timing,
+    ) -> Result<bool, StoreError> {
+        let clock = std::time::Instant::now();
+        let lease = in_future(self.settings.lease);
+        let held = self
+            .store
+            .record_progress(publication, self.owner, progress, lease)
+            .await?
+            .is_ok();
+        timing.checkpoint += clock.elapsed();
+        Ok(held)
     }
 
     /// Claims a slice of devices. A claim whose outcome is unknown (the

@@ -60,9 +60,34 @@ pub enum ValueError {
 /// An INSEE commune code ("code officiel géographique"): `35238` (Rennes), `2A004`
 /// (Ajaccio), `97411` (Saint-Denis, La Réunion). Whether the commune exists is
 /// checked against the reference data at the edge; this type guarantees the form.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+///
+/// Encoded as its text, like a `String`, but read and written without
+/// allocating one: a department-wide publication carries hundreds of codes,
+/// decoded for each of its communes' boards.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct InseeCode([u8; 5]);
+
+impl Serialize for InseeCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for InseeCode {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Text;
+        impl serde::de::Visitor<'_> for Text {
+            type Value = InseeCode;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_str<E: serde::de::Error>(self, text: &str) -> Result<InseeCode, E> {
+                InseeCode::parse(text).map_err(E::custom)
+            }
+        }
+        deserializer.deserialize_str(Text)
+    }
+}
 
 impl InseeCode {
     /// # Errors
@@ -691,6 +716,30 @@ mod tests {
                 "{code}"
             );
         }
+    }
+
+    #[test]
+    fn insee_codes_are_read_and_written_as_their_text() {
+        let code = InseeCode::parse("2A004").unwrap();
+        assert_eq!(serde_json::to_string(&code).unwrap(), "\"2A004\"");
+        // From a borrowed text, from an owned one (a reader), normalised.
+        assert_eq!(
+            serde_json::from_str::<InseeCode>("\"2a004\"").unwrap(),
+            code
+        );
+        assert_eq!(
+            serde_json::from_reader::<_, InseeCode>(&b"\"2A004\""[..]).unwrap(),
+            code
+        );
+        let refused = serde_json::from_str::<InseeCode>("\"20004\"").unwrap_err();
+        assert!(
+            refused
+                .to_string()
+                .starts_with(&ValueError::MalformedInseeCode.to_string()),
+            "{refused}"
+        );
+        let number = serde_json::from_str::<InseeCode>("35238").unwrap_err();
+        assert!(number.to_string().contains("expected a string"), "{number}");
     }
 
     #[test]

@@ -180,7 +180,12 @@ impl Backoff {
 /// it, and sending it again could notify the device twice: it counts as
 /// failed. At most once per device, as promised (ADR 5).
 pub fn unsent_or_unknown(service: &str, error: &reqwest::Error) -> SendOutcome {
-    if error.is_connect() {
+    unanswered(service, error.is_connect(), error)
+}
+
+/// The same, for any client: `never_sent` when no connection could be made.
+pub fn unanswered(service: &str, never_sent: bool, error: &dyn std::fmt::Display) -> SendOutcome {
+    if never_sent {
         SendOutcome::Retry {
             after: None,
             reason: format!("{service} unreachable: {error}"),
@@ -193,8 +198,8 @@ pub fn unsent_or_unknown(service: &str, error: &reqwest::Error) -> SendOutcome {
 }
 
 /// Reads `Retry-After` (seconds, or an HTTP date, which counts as "a while").
-pub fn retry_after(headers: &reqwest::header::HeaderMap) -> Option<Duration> {
-    let value = headers.get(reqwest::header::RETRY_AFTER)?.to_str().ok()?;
+pub fn retry_after(headers: &http::HeaderMap) -> Option<Duration> {
+    let value = headers.get(http::header::RETRY_AFTER)?.to_str().ok()?;
     Some(
         value
             .trim()

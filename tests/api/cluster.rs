@@ -759,13 +759,14 @@ async fn a_fan_out_killed_halfway_resumes_elsewhere_and_notifies_nobody_twice() 
         deliveries.values().all(|n| *n == 1),
         "a device was notified twice"
     );
-    // At most the sends in flight when the instance died are lost (at-most-once).
+    // At most the slice being sent when the instance died and the one claimed
+    // after it are lost (at most once, ADR 5).
     assert!(
-        deliveries.len() >= 120 - concurrency,
+        deliveries.len() >= 120 - 2 * concurrency,
         "{} of 120 reached",
         deliveries.len()
     );
-    assert!(job.sent >= (120 - concurrency) as u64);
+    assert!(job.sent >= (120 - 2 * concurrency) as u64);
     store.close().await;
 }
 

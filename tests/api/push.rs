@@ -646,3 +646,90 @@ async fn an_export_imported_elsewhere_serves_the_same_feeds_and_notifies_nobody_
         "{again}"
     );
 }
+
+/// The FCM client at the wire: a request that could not leave (nothing listens)
+/// is retried; one that left and got no answer may have been delivered, so it
+/// is not sent again (at most once per device, ADR 5); a quota answer is
+/// retried with its `Retry-After`.
+#[tokio::test]
+async fn fcm_requests_that_never_left_are_retried_and_unanswered_ones_are_not() {
+    use panneau::push::fcm::FcmGateway;
+    use panneau::push::{PushGateway, PushMessage, SendOutcome};
+
+    panneau::install_crypto();
+    let fake = FakePush::start(true).await;
+    let keys = tempfile::tempdir().unwrap();
+    let account = fake.service_account(keys.path());
+    let target = panneau::store::Target {
+        device: uuid::Uuid::now_v7(),
+        platform: panneau_domain::Platform::Fcm,
+        token: "device-token".to_owned(),
+        locale: "fr".to_owned(),
+        token_updated_at: panneau::now(),
+    };
+    let message = PushMessage {
+        publication: panneau_domain::PublicationId::new(uuid::Uuid::now_v7()).unwrap(),
+        title: "Coupure d'eau".to_owned(),
+        body: "Rue des Lilas, de 9 h à 12 h.".to_owned(),
+        urgent: false,
+        privacy: false,
+        ttl: Duration::from_secs(3600),
+    };
+
+    let delivered = FcmGateway::new(&account, &fake.url).unwrap();
+    assert_eq!(
+        delivered.send(&target, &message).await,
+        SendOutcome::Delivered
+    );
+    let received = fake.received();
+    assert_eq!(received.len(), 1);
+    assert_eq!(received[0].token, "device-token");
+    assert_eq!(received[0].publication, message.publication.to_string());
+    assert!(received[0].has_text);
+
+    fake.storm(1);
+    assert_eq!(
+        delivered.send(&target, &message).await,
+        SendOutcome::Retry {
+            after: Some(Duration::from_secs(1)),
+            reason: "FCM 429 RESOURCE_EXHAUSTED".to_owned()
+        }
+    );
+
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let closed_port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let unreachable =
+        FcmGateway::new(&account, &format!("http://127.0.0.1:{closed_port}")).unwrap();
+    match unreachable.send(&target, &message).await {
+        SendOutcome::Retry {
+            after: None,
+            reason,
+        } => {
+            assert!(reason.starts_with("FCM unreachable"), "{reason}")
+        }
+        other => panic!("a request that never left must be retried: {other:?}"),
+    }
+
+    // Takes the connection, reads what comes, never answers.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_port = silent.local_addr().unwrap().port();
+    let holder = tokio::spawn(async move {
+        let (mut socket, _) = silent.accept().await.unwrap();
+        let mut sink = Vec::new();
+        let _ = tokio::io::AsyncReadExt::read_to_end(&mut socket, &mut sink).await;
+    });
+    let silent = FcmGateway::new(&account, &format!("http://127.0.0.1:{silent_port}")).unwrap();
+    match silent.send(&target, &message).await {
+        SendOutcome::Failed { reason } => {
+            assert!(reason.contains("not sent again"), "{reason}")
+        }
+        other => panic!("a request that may have been delivered must not be retried: {other:?}"),
+    }
+    holder.abort();
+    assert_eq!(
+        fake.received().len(),
+        1,
+        "nothing else reached the provider"
+    );
+}
