@@ -85,9 +85,10 @@ if speed:
     lines += [
         "Speed of this machine: nginx alone on one core served %.0f requests/s (HTTP/1.1, identity," % med(speed, "rps")[0],
         "64 connections; the pinned runs of the read path). The same measure was 54,539 in the report",
-        "of commit 2db233b, whose run reached 20,482 notifications/s and 117,043 replayed",
-        "events/s: the figures without an anchor in the same run (fan-out, replay, the time",
-        "of the run) move with the machine, the ratios to nginx and MariaDB much less.",
+        "of commit 2db233b, whose run reached 20,482 notifications/s (with the fan-out of",
+        "then, before ADR 13) and 117,043 replayed events/s: the figures without an anchor in",
+        "the same run (fan-out, replay, the time of the run) move with the machine, the ratios",
+        "to nginx and MariaDB much less.",
         "",
     ]
 run_time = groups.get("run time")
@@ -558,6 +559,19 @@ if fanout:
             "`docs/profiles/fanout.txt` for where its time goes.",
             "",
         ]
+    lines += [
+        "Since commit ca6b835 the FCM client sends through hyper-util rather than reqwest, with",
+        "a typed body (ADR 13), and the database work of a job (reading the audience, claiming",
+        "the next slice, checkpointing the last) overlaps with the sending instead of stopping it",
+        "(ADR 5). On the machine of the 2026-11-30 report, by hand with `bench/run fanout`, three",
+        "runs each: 8,439/s (8,058–8,836) at aed4257, the commit before; 12,511/s (12,150–13,285)",
+        "with both changes, before the last one of ca6b835 (INSEE codes decoded without",
+        "allocating: callgrind, 130,449 then 111,072 instructions per notification). The job's",
+        "own log (`bench/out/fanout-timing.log`) says where its time goes: before, 72 of its",
+        "116 s were sending, 24 claiming, 9 reading the audience and 7 checkpointing, one after",
+        "the other.",
+        "",
+    ]
 
 replay = groups.get("replay feeds")
 if replay:
