@@ -174,7 +174,10 @@ impl Unanswered {
                 }
                 unanswered("FCM", error.is_connect(), &reason)
             }
-            Self::TimedOut => unanswered("FCM", false, &"no answer within 10 s"),
+            Self::TimedOut => {
+                let reason = format!("no answer within {} s", TIMEOUT.as_secs());
+                unanswered("FCM", false, &reason)
+            }
         }
     }
 }
