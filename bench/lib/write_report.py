@@ -271,10 +271,10 @@ if feed_rows:
             p99, base_p99 = med(ours, "p99_us")[0], med(base, "p99_us")[0]
             if ratio < 1.0 or p99 > base_p99:
                 missed.append((ratio, "%s at %d connections (%.2f× nginx, p99 %.2f ms against %.2f ms)"
-                               % (encoding, c, ratio, p99 / 1000, base_p99 / 1000)))
+                               % (encoding, c, ratio, p99 / 1000, base_p99 / 1000), encoding, c))
     if missed:
-        lines += ["This run missed the target for " + "; ".join(m for _, m in missed) + "."]
-        if any(ratio < 1.0 for ratio, _ in missed):
+        lines += ["This run missed the target for " + "; ".join(m for _, m, _, _ in missed) + "."]
+        if any(ratio < 1.0 for ratio, _, _, _ in missed):
             if profile:
                 p = profile[-1]
                 lines += ["Its profile counts %d instructions per request for identity and %d for gzip, so"
@@ -291,9 +291,11 @@ if feed_rows:
                       "The likely cause, not verified: wrk's two threads and the server's two share the",
                       "two cores, so a request can wait out another thread's time slice (a few",
                       "milliseconds under Linux's scheduler), the more often the busier the server keeps",
-                      "its cores; nginx's own p99 at 64 connections spans %s over this run's three"
-                      % p99_spread(feed_rows, "feed nginx identity c64"),
-                      "measurements."]
+                      "its cores. Over this run's three measurements, the p99 of each spans:"]
+            lines += ["%s at %d connections, Panneau %s, nginx %s;" % (
+                encoding, c, p99_spread(feed_rows, "feed panneau %s c%d" % (encoding, c)),
+                p99_spread(feed_rows, "feed nginx %s c%d" % (encoding, c))) for _, _, encoding, c in missed]
+            lines[-1] = lines[-1][:-1] + "."
             ours = feed_rows.get("feed pinned panneau identity c64")
             theirs = feed_rows.get("feed pinned nginx identity c64")
             if ours and theirs:
