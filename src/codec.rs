@@ -58,8 +58,33 @@ struct StoredEnvelope {
     payload: Vec<u8>,
 }
 
+/// The envelope as [`encode_event`] writes it: [`StoredEnvelope`]'s layout,
+/// borrowing the envelope's fields rather than copying them.
+#[derive(Serialize)]
+struct StoredEnvelopeRef<'a> {
+    event_id: Uuid,
+    stream_id: &'a StreamId,
+    stream_version: u64,
+    event_type: &'a str,
+    schema_version: u16,
+    occurred_at: Timestamp,
+    recorded_at: Timestamp,
+    actor: &'a Actor,
+    request_id: Option<&'a RequestId>,
+    payload: &'a [u8],
+}
+
 fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     bincode::serde::encode_to_vec(value, CONFIG).expect("in-memory bincode encoding cannot fail")
+}
+
+/// `format` followed by the encoded value, written in one buffer.
+fn encode_after<T: Serialize>(format: u8, value: &T) -> Vec<u8> {
+    let mut bytes = Vec::with_capacity(512);
+    bytes.push(format);
+    bincode::serde::encode_into_std_write(value, &mut bytes, CONFIG)
+        .expect("in-memory bincode encoding cannot fail");
+    bytes
 }
 
 fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
@@ -79,21 +104,19 @@ pub fn encode_event(envelope: &Envelope<PublicationEvent>) -> Vec<u8> {
         PublicationEvent::Amended(e) => encode(e),
         PublicationEvent::Retracted(e) => encode(e),
     };
-    let stored = StoredEnvelope {
+    let stored = StoredEnvelopeRef {
         event_id: envelope.event_id.as_uuid(),
-        stream_id: envelope.stream_id.clone(),
+        stream_id: &envelope.stream_id,
         stream_version: envelope.stream_version,
-        event_type: envelope.event_type.to_owned(),
+        event_type: envelope.event_type,
         schema_version: envelope.schema_version,
         occurred_at: envelope.occurred_at,
         recorded_at: envelope.recorded_at,
-        actor: envelope.actor.clone(),
-        request_id: envelope.request_id.clone(),
-        payload,
+        actor: &envelope.actor,
+        request_id: envelope.request_id.as_ref(),
+        payload: &payload,
     };
-    let mut bytes = vec![ENVELOPE_V1];
-    bytes.extend(encode(&stored));
-    bytes
+    encode_after(ENVELOPE_V1, &stored)
 }
 
 /// Decodes an envelope written by [`encode_event`], today or by any earlier release.
@@ -157,9 +180,7 @@ fn decode_payload(
 
 /// Encodes a read-model document (a publication record, a commune's board).
 pub fn encode_document<T: Serialize>(document: &T) -> Vec<u8> {
-    let mut bytes = vec![DOCUMENT_V1];
-    bytes.extend(encode(document));
-    bytes
+    encode_after(DOCUMENT_V1, document)
 }
 
 /// # Errors

@@ -41,9 +41,16 @@ impl Platform {
 /// A push token as the platform gave it to the app: 1–4,096 visible characters
 /// (for Web Push, the JSON of the browser's push subscription). Not printable by
 /// accident: it identifies a phone.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct PushToken(String);
+
+/// Written as its text, borrowed (`into = "String"` would copy it first).
+impl Serialize for PushToken {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl PushToken {
     pub const MAX_CHARS: usize = 4_096;
@@ -96,9 +103,16 @@ impl fmt::Debug for PushToken {
 
 /// A BCP 47 language tag such as `fr`, `fr-FR`, `br` or `oc`: 2–35 characters,
 /// letters and digits in hyphen-separated subtags of at most 8.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct Locale(String);
+
+/// Written as its text, borrowed (`into = "String"` would copy it first).
+impl Serialize for Locale {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl Locale {
     /// # Errors

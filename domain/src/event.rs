@@ -40,9 +40,16 @@ impl fmt::Debug for EventId {
 
 /// The stream an event belongs to, e.g. `publication-0193…`. Versions are dense
 /// and start at 1 within a stream.
-#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct StreamId(String);
+
+/// Written as its text, borrowed (`into = "String"` would copy it first).
+impl Serialize for StreamId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl StreamId {
     const PUBLICATION_PREFIX: &'static str = "publication-";
@@ -99,9 +106,16 @@ impl fmt::Debug for StreamId {
 }
 
 /// The `X-Request-Id` a command arrived with: 1–128 visible ASCII characters.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct RequestId(String);
+
+/// Written as its text, borrowed (`into = "String"` would copy it first).
+impl Serialize for RequestId {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl RequestId {
     /// # Errors

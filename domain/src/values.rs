@@ -160,8 +160,8 @@ impl fmt::Debug for InseeCode {
 }
 
 /// A department code: `01`–`95` (without `20`), `2A`, `2B`, `971`–`978`, `984`–`989`.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct DepartmentCode {
     code: [u8; 3],
     len: u8,
@@ -196,6 +196,12 @@ impl DepartmentCode {
     pub fn as_str(&self) -> &str {
         std::str::from_utf8(&self.code[..usize::from(self.len)])
             .expect("a department code is ASCII")
+    }
+}
+
+impl Serialize for DepartmentCode {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
     }
 }
 
@@ -303,9 +309,16 @@ fn check_text(text: &str, max: usize, line_breaks_allowed: bool) -> Result<(), V
 macro_rules! text_type {
     ($(#[$doc:meta])* $name:ident, max = $max:expr, line_breaks = $breaks:expr) => {
         $(#[$doc])*
-        #[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-        #[serde(try_from = "String", into = "String")]
+        #[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+        #[serde(try_from = "String")]
         pub struct $name(String);
+
+        /// Written as its text, borrowed (`into = "String"` would copy it first).
+        impl Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(&self.0)
+            }
+        }
 
         impl $name {
             pub const MAX_CHARS: usize = $max;
@@ -413,9 +426,15 @@ impl Priority {
 
 /// An `https://` URL with a host, no credentials and no whitespace, at most 2,048
 /// characters. Only https, so an attachment link can never downgrade the app.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct HttpsUrl(String);
+
+impl Serialize for HttpsUrl {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl HttpsUrl {
     pub const MAX_CHARS: usize = 2_048;
@@ -466,9 +485,15 @@ impl fmt::Debug for HttpsUrl {
 }
 
 /// A media type such as `application/pdf` or `image/jpeg` (RFC 6838 names, no parameters).
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "String", into = "String")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "String")]
 pub struct ContentType(String);
+
+impl Serialize for ContentType {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
 
 impl ContentType {
     /// # Errors
@@ -521,9 +546,16 @@ pub struct Attachment {
 }
 
 /// At most ten attachments.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<Attachment>", into = "Vec<Attachment>")]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "Vec<Attachment>")]
 pub struct Attachments(Vec<Attachment>);
+
+/// Written as the list, borrowed (`into` would copy every attachment first).
+impl Serialize for Attachments {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        self.0.serialize(serializer)
+    }
+}
 
 impl Attachments {
     pub const MAX: usize = 10;
@@ -561,9 +593,16 @@ impl From<Attachments> for Vec<Attachment> {
 /// The communes a publication is for: at least one, each once, and at most 1,000
 /// (the largest department, Pas-de-Calais, has 890), so a prefecture can address a
 /// whole department in one publication. Kept sorted.
-#[derive(Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
-#[serde(try_from = "Vec<InseeCode>", into = "Vec<InseeCode>")]
+#[derive(Clone, PartialEq, Eq, Hash, Deserialize)]
+#[serde(try_from = "Vec<InseeCode>")]
 pub struct CommuneSet(BTreeSet<InseeCode>);
+
+/// Written as a list in order, borrowed (`into` would copy the set into a `Vec` first).
+impl Serialize for CommuneSet {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_seq(&self.0)
+    }
+}
 
 impl CommuneSet {
     pub const MAX: usize = 1_000;

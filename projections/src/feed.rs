@@ -8,6 +8,7 @@
 //! event changes nothing and a missing one is waited for.
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use panneau_domain::{
     Attachment, Category, Envelope, InseeCode, Priority, Publication, PublicationEvent,
@@ -149,23 +150,25 @@ impl SortKey {
     }
 }
 
-/// The board of one commune: its entries in feed order.
+/// The board of one commune: its entries in feed order. An entry is shared
+/// (stored as itself) by every board that shows its publication: a
+/// department-wide alert is one entry on 333 boards, not 333 copies.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FeedDocument {
-    entries: Vec<FeedEntry>,
+    entries: Vec<Arc<FeedEntry>>,
 }
 
 /// What one event does to one commune's board.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum FeedChange {
     /// Put this entry on the board, replacing an older version of it.
-    Upsert(FeedEntry),
+    Upsert(Arc<FeedEntry>),
     /// Take this publication off the board.
     Remove(PublicationId),
 }
 
 impl FeedDocument {
-    pub fn entries(&self) -> &[FeedEntry] {
+    pub fn entries(&self) -> &[Arc<FeedEntry>] {
         &self.entries
     }
 
@@ -214,6 +217,7 @@ impl FeedDocument {
         });
         self.entries[start..]
             .iter()
+            .map(|e| &**e)
             .filter(move |e| e.is_visible_at(now))
     }
 }
@@ -221,7 +225,9 @@ impl FeedDocument {
 impl FeedDocument {
     /// A board made of `entries`, already in feed order (a rendered page read back).
     pub(crate) fn from_sorted(entries: Vec<FeedEntry>) -> Self {
-        Self { entries }
+        Self {
+            entries: entries.into_iter().map(Arc::new).collect(),
+        }
     }
 
     /// Lays a publication the board has not caught up with over it: its entry
@@ -254,7 +260,7 @@ pub struct PendingPublication {
     /// The latest version of its stream.
     pub version: u64,
     /// Its entry at that version; `None` once retracted.
-    entry: Option<FeedEntry>,
+    entry: Option<Arc<FeedEntry>>,
     /// The communes whose boards show it at that version.
     shown_on: BTreeSet<InseeCode>,
     /// Every commune a version of it was ever on: their boards may hold an
@@ -288,7 +294,7 @@ impl PendingPublication {
             }
         }
         let record = record?;
-        let entry = FeedEntry::of(&record);
+        let entry = FeedEntry::of(&record).map(Arc::new);
         let shown_on = if entry.is_some() {
             record.content.communes.as_set().clone()
         } else {
@@ -305,7 +311,7 @@ impl PendingPublication {
 
     /// Its entry at the latest version; `None` once retracted.
     pub fn entry(&self) -> Option<&FeedEntry> {
-        self.entry.as_ref()
+        self.entry.as_deref()
     }
 
     /// The communes whose boards this publication may change.
@@ -360,15 +366,12 @@ fn step_from(record: Option<PublicationState>, event: &PublicationEvent) -> Step
         // which `decide` prevents; treat it as the missing creation.
         return Step::Gap { expected: 1 };
     };
-    let mut entry = FeedEntry::of(&after);
+    let entry = FeedEntry::of(&after).map(Arc::new);
     let shown_on = after.content.communes.iter();
     let mut changes = Vec::with_capacity(shown_on.len());
-    let last = shown_on.len().saturating_sub(1);
-    for (n, commune) in shown_on.enumerate() {
-        // The last board takes the entry itself; the others, a copy.
-        let change = match entry.as_ref() {
-            Some(_) if n == last => FeedChange::Upsert(entry.take().expect("just matched")),
-            Some(entry) => FeedChange::Upsert(entry.clone()),
+    for commune in shown_on {
+        let change = match &entry {
+            Some(entry) => FeedChange::Upsert(Arc::clone(entry)),
             None => FeedChange::Remove(after.id),
         };
         changes.push((*commune, change));

@@ -979,7 +979,7 @@ mod tests {
 
     fn entry(n: u128, until: Option<Timestamp>) -> FeedChange {
         let published_at = now();
-        FeedChange::Upsert(FeedEntry {
+        FeedChange::Upsert(Arc::new(FeedEntry {
             view: PublicationView {
                 id: PublicationId::new(Uuid::from_u128(
                     0x0193_6f5e_0000_7000_8000_0000_0000_0000 + n,
@@ -997,7 +997,7 @@ mod tests {
                 version: 1,
             },
             shown_from: published_at,
-        })
+        }))
     }
 
     fn rennes() -> InseeCode {
