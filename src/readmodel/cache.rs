@@ -18,8 +18,8 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use futures_util::stream::BoxStream;
+use futures_util::{FutureExt, StreamExt};
 use moka::future::Cache;
 use moka::ops::compute::{CompResult, Op};
 use panneau_domain::{InseeCode, PublicationId, PublicationState, Status, Timestamp};
@@ -832,12 +832,47 @@ impl FeedCache {
         shutdown: CancellationToken,
     ) {
         loop {
-            tokio::select! {
+            let first = tokio::select! {
                 () = shutdown.cancelled() => return,
                 change = changes.next() => match change {
-                    Some(change) => self.apply(change).await,
+                    Some(change) => change,
                     None => return,
                 },
+            };
+            // Whatever else has already arrived goes with it, each key at its
+            // latest: when changes come faster than they are applied (a burst
+            // of publications to one commune), a cached feed is rendered once
+            // per batch, not once per change. (A watch resuming after a pause
+            // gets one revision per key already: the bucket keeps no more.)
+            let mut backlog = vec![first];
+            let mut ended = false;
+            while backlog.len() < FOLLOW_BATCH {
+                match changes.next().now_or_never() {
+                    Some(Some(change)) => backlog.push(change),
+                    Some(None) => {
+                        ended = true;
+                        break;
+                    }
+                    None => break,
+                }
+            }
+            let taken = backlog.len();
+            let started = Instant::now();
+            let changes_to_apply = coalesce(backlog);
+            let applied = changes_to_apply.len();
+            for change in changes_to_apply {
+                self.apply(change).await;
+            }
+            if taken > 1 {
+                tracing::debug!(
+                    taken,
+                    applied,
+                    ms = started.elapsed().as_millis(),
+                    "applied a backlog of changes"
+                );
+            }
+            if ended {
+                return;
             }
         }
     }
@@ -848,6 +883,39 @@ impl FeedCache {
         self.feeds.run_pending_tasks().await;
         (self.feeds.entry_count(), self.feeds.weighted_size())
     }
+}
+
+/// Changes [`FeedCache::follow`] takes at once from a backlog.
+const FOLLOW_BATCH: usize = 4096;
+
+/// The changes that matter in `changes`, in order: a key's latest change only,
+/// at its place; nothing before a `Reset`, which drops all that came before.
+fn coalesce(changes: Vec<Change>) -> Vec<Change> {
+    let start = changes
+        .iter()
+        .rposition(|c| matches!(c, Change::Reset))
+        .unwrap_or(0);
+    let mut latest: HashMap<&str, usize> = HashMap::new();
+    for (i, change) in changes.iter().enumerate().skip(start) {
+        if let Change::Put { key, .. } | Change::Deleted { key } = change {
+            latest.insert(key.as_str(), i);
+        }
+    }
+    let keep: Vec<bool> = changes
+        .iter()
+        .enumerate()
+        .map(|(i, change)| match change {
+            Change::Put { key, .. } | Change::Deleted { key } => {
+                latest.get(key.as_str()) == Some(&i)
+            }
+            Change::Reset => i == start,
+        })
+        .collect();
+    changes
+        .into_iter()
+        .zip(keep)
+        .filter_map(|(change, keep)| keep.then_some(change))
+        .collect()
 }
 
 /// Whether a cached page may be served: fresh, and of the live generation.
@@ -1040,6 +1108,82 @@ mod tests {
     fn next_cursor(json: &[u8]) -> Option<SortKey> {
         let page: serde_json::Value = serde_json::from_slice(json).unwrap();
         page["next"].as_str().and_then(SortKey::from_cursor)
+    }
+
+    fn put(key: &str, revision: u64) -> Change {
+        Change::Put {
+            key: key.to_owned(),
+            document: Versioned {
+                value: Bytes::from(revision.to_string()),
+                revision,
+            },
+        }
+    }
+
+    #[test]
+    fn a_backlog_of_changes_keeps_each_keys_latest_and_nothing_before_a_reset() {
+        let deleted = |key: &str| Change::Deleted {
+            key: key.to_owned(),
+        };
+        assert_eq!(
+            coalesce(vec![
+                put("feed.35238", 1),
+                put("pub.a", 2),
+                put("feed.35047", 3),
+                put("feed.35238", 4),
+                deleted("feed.35047"),
+            ]),
+            vec![put("pub.a", 2), put("feed.35238", 4), deleted("feed.35047")],
+            "each key once, at its last change, in the order of those changes"
+        );
+        assert_eq!(
+            coalesce(vec![
+                put("feed.35238", 1),
+                Change::Reset,
+                put("feed.35047", 3),
+                Change::Reset,
+                put("feed.35238", 5),
+                put("feed.35238", 6),
+            ]),
+            vec![Change::Reset, put("feed.35238", 6)],
+            "a reset drops whatever came before it"
+        );
+        assert_eq!(coalesce(vec![put("pub.a", 1)]), vec![put("pub.a", 1)]);
+    }
+
+    /// A watch that missed minutes of changes (its instance frozen) delivers
+    /// them all at once: the cached feed ends at the latest document.
+    #[tokio::test]
+    async fn a_cached_feed_follows_a_backlog_to_its_latest_document() {
+        let store = Arc::new(LaggingStore::default());
+        let cache = Arc::new(rennes_cache(store.clone()));
+        let mut changes: Vec<FeedChange> = vec![entry(1, None)];
+        let first = board(&changes, 1);
+        *store.replica.lock().unwrap() = Some(first.clone());
+        *store.leader.lock().unwrap() = Some(first);
+        assert_eq!(ids(&cache.feed(rennes()).await.unwrap()).len(), 1);
+
+        let mut backlog = Vec::new();
+        for n in 2..=300 {
+            changes.push(entry(n, None));
+            backlog.push(Change::Put {
+                key: feed_key(&rennes()),
+                document: board(&changes, n as u64),
+            });
+        }
+        cache
+            .clone()
+            .follow(stream::iter(backlog).boxed(), CancellationToken::new())
+            .await;
+        let latest = cache.feed(rennes()).await.unwrap();
+        assert_eq!(latest.revision, 300);
+        let newest = PublicationId::new(Uuid::from_u128(
+            0x0193_6f5e_0000_7000_8000_0000_0000_0000 + 300,
+        ))
+        .unwrap()
+        .to_string();
+        assert_eq!(ids(&latest)[0], newest, "the newest publication first");
+        assert_eq!(ids(&latest).len(), 20);
     }
 
     #[tokio::test]
