@@ -89,12 +89,6 @@ impl TryFrom<String> for PushToken {
     }
 }
 
-impl From<PushToken> for String {
-    fn from(value: PushToken) -> Self {
-        value.0
-    }
-}
-
 impl fmt::Debug for PushToken {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PushToken({} chars)", self.0.chars().count())
@@ -141,12 +135,6 @@ impl TryFrom<String> for Locale {
     type Error = ValueError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::parse(value)
-    }
-}
-
-impl From<Locale> for String {
-    fn from(value: Locale) -> Self {
-        value.0
     }
 }
 

@@ -87,12 +87,6 @@ impl TryFrom<String> for StreamId {
     }
 }
 
-impl From<StreamId> for String {
-    fn from(value: StreamId) -> Self {
-        value.0
-    }
-}
-
 impl fmt::Display for StreamId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -142,12 +136,6 @@ impl TryFrom<String> for RequestId {
     type Error = ValueError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::parse(value)
-    }
-}
-
-impl From<RequestId> for String {
-    fn from(value: RequestId) -> Self {
-        value.0
     }
 }
 

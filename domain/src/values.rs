@@ -141,12 +141,6 @@ impl TryFrom<String> for InseeCode {
     }
 }
 
-impl From<InseeCode> for String {
-    fn from(value: InseeCode) -> Self {
-        value.as_str().to_owned()
-    }
-}
-
 impl fmt::Display for InseeCode {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(self.as_str())
@@ -209,12 +203,6 @@ impl TryFrom<String> for DepartmentCode {
     type Error = ValueError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::parse(&value)
-    }
-}
-
-impl From<DepartmentCode> for String {
-    fn from(value: DepartmentCode) -> Self {
-        value.as_str().to_owned()
     }
 }
 
@@ -343,12 +331,6 @@ macro_rules! text_type {
             }
         }
 
-        impl From<$name> for String {
-            fn from(value: $name) -> Self {
-                value.0
-            }
-        }
-
         impl fmt::Debug for $name {
             fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
                 write!(f, "{}({:?})", stringify!($name), self.0)
@@ -472,12 +454,6 @@ impl TryFrom<String> for HttpsUrl {
     }
 }
 
-impl From<HttpsUrl> for String {
-    fn from(value: HttpsUrl) -> Self {
-        value.0
-    }
-}
-
 impl fmt::Debug for HttpsUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "HttpsUrl({:?})", self.0)
@@ -521,12 +497,6 @@ impl TryFrom<String> for ContentType {
     type Error = ValueError;
     fn try_from(value: String) -> Result<Self, Self::Error> {
         Self::parse(value)
-    }
-}
-
-impl From<ContentType> for String {
-    fn from(value: ContentType) -> Self {
-        value.0
     }
 }
 
@@ -581,12 +551,6 @@ impl TryFrom<Vec<Attachment>> for Attachments {
     type Error = ValueError;
     fn try_from(value: Vec<Attachment>) -> Result<Self, Self::Error> {
         Self::new(value)
-    }
-}
-
-impl From<Attachments> for Vec<Attachment> {
-    fn from(value: Attachments) -> Self {
-        value.0
     }
 }
 
@@ -653,12 +617,6 @@ impl TryFrom<Vec<InseeCode>> for CommuneSet {
     type Error = ValueError;
     fn try_from(value: Vec<InseeCode>) -> Result<Self, Self::Error> {
         Self::new(value)
-    }
-}
-
-impl From<CommuneSet> for Vec<InseeCode> {
-    fn from(value: CommuneSet) -> Self {
-        value.0.into_iter().collect()
     }
 }
 
