@@ -104,6 +104,14 @@ if run_time:
         lines += ["Before it, %.1f minutes installing what was missing (%s); the build %s." % (
             last["install_seconds"] / 60, fetched,
             "downloaded every crate (no crate cache)" if last["crates_downloaded"] else "found the crates already downloaded")]
+    # Parts run again on their own after that run: their results (and part
+    # times) follow the run's own in the results file.
+    names = [r["name"] for r in rows]
+    after = names[len(names) - 1 - names[::-1].index("run time"):]
+    again = [n[len("part time "):] for n in after if n.startswith("part time ")]
+    if again:
+        lines += ["Run again on its own since: %s (`bench/run <part>`); its figures and its time below" % ", ".join(again),
+                  "come from that run, on the same machine and build."]
     lines += [""]
 part_names = ("search", "feed", "write", "fanout", "replay", "scale", "storm", "profile")
 part_times = [(name, groups["part time " + name][-1]["seconds"]) for name in part_names if "part time " + name in groups]
@@ -142,7 +150,7 @@ def summary():
         api, bare = groups.get("write api c%d" % c), groups.get("write bare c%d" % c)
         if api and bare:
             ratio = med(api, "rps")[0] / med(bare, "rps")[0]
-            add("write path, %d clients" % c, "%.2f× bare INSERTs" % ratio, "≥ 0.8×", ratio >= 0.8)
+            add("write path, %d client%s" % (c, "" if c == 1 else "s"), "%.2f× bare INSERTs" % ratio, "≥ 0.8×", ratio >= 0.8)
     visible = groups.get("visible")
     if visible:
         p99 = med(visible, "p99_us")[0] / 1000
@@ -485,9 +493,9 @@ if any(api for _, api, _ in write_rows):
     ]
     if caught_up:
         lines += [
-            "After each %.0f-second API run the benchmark waits until MariaDB, NATS and both" % seconds,
-            "instances are idle (the projections have caught up with every command) before the",
-            "bare INSERTs run, so that both figures are taken on a quiet machine. \"Read model",
+            "After each %.0f-second API run the benchmark waits until NATS and both instances" % seconds,
+            "are idle (the projections have caught up with every command) before the bare",
+            "INSERTs run, so that the INSERTs do not share the cores with the projections. \"Read model",
             "caught up\" is that wait; the projections' rate is the commands of the run divided",
             "by the run and the wait together.",
             "",
@@ -597,7 +605,8 @@ if any(api for _, api, _ in write_rows):
         "  Under a sustained burst the projections then run behind the commands (\"read",
         "  model caught up after\" above): nothing is lost (the outbox and the consumers hold",
         "  the backlog, and the fault suite checks it), but at 16 and 64 clients a %.0f-second" % seconds,
-        "  burst leaves tens of seconds of projection work.",
+        "  burst leaves %s of projection work." % " and ".join(
+            "%.0f s" % med(api, "catch_up_s")[0] for c, api, _ in write_rows if c > 1 and api and "catch_up_s" in api[0]),
     ]
     if os.path.exists(broker_profile):
         shares = {}
