@@ -470,7 +470,7 @@ def alone_explained(alone):
     text += ["  The instance (HTTP, token, validation, encoding) and the load generator share the",
              "  same two cores with MariaDB; `mariadb-slap` sends its INSERTs over MariaDB's own",
              "  protocol, with no HTTP, JSON or validation."]
-    return [line for line in text]
+    return text
 
 
 write_rows = [(c, groups.get("write api c%d" % c), groups.get("write bare c%d" % c)) for c in (1, 16, 64)]
