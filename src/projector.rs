@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
+use futures_util::{StreamExt, TryStreamExt, future, stream};
 use panneau_domain::{
     Envelope, InseeCode, PublicationEvent, PublicationState, PublisherId, Timestamp,
 };
@@ -28,6 +28,10 @@ use crate::readmodel::{
     FeedStore, Model, ReadModelError, Versioned, feed_key, owner_key, publication_key, stats_key,
 };
 use crate::store::{EventStore, RecordedEvent, StoreError};
+
+/// Feed documents one event writes at once (a publication to a whole
+/// department changes hundreds).
+const FEEDS_IN_FLIGHT: usize = 32;
 
 /// What projecting one event did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,9 +68,19 @@ pub async fn project(
             Step::Duplicate => return Ok(Outcome::Duplicate),
             Step::Gap { expected } => return Ok(Outcome::Gap { expected }),
             Step::Apply { record, changes } => {
-                for (commune, change) in &changes {
-                    update_board(store, commune, change, envelope.occurred_at).await?;
-                }
+                // The feeds of a department-wide alert are written side by
+                // side: one after the other, the 332 of Ille-et-Vilaine took
+                // a third of a second (docs/BENCHMARKS.md).
+                let writes: Vec<_> = changes
+                    .iter()
+                    .map(|(commune, change)| {
+                        update_board(store, commune, change, envelope.occurred_at)
+                    })
+                    .collect();
+                stream::iter(writes)
+                    .buffer_unordered(FEEDS_IN_FLIGHT)
+                    .try_for_each(|()| future::ready(Ok(())))
+                    .await?;
                 let value = Bytes::from(encode_document(&record));
                 match store.put(&key, value, stored.map(|d| d.revision)).await {
                     Ok(_) => return Ok(Outcome::Applied),
@@ -419,6 +433,9 @@ mod tests {
     struct Slow {
         inner: MemoryFeedStore,
         feed_puts: AtomicUsize,
+        /// Feed writes under way, and the most there ever were at once.
+        writing: AtomicUsize,
+        most_at_once: AtomicUsize,
     }
 
     #[async_trait]
@@ -433,10 +450,16 @@ mod tests {
             value: Bytes,
             expected: Option<u64>,
         ) -> Result<u64, ReadModelError> {
-            if key.starts_with("feed.") {
+            let feed = key.starts_with("feed.");
+            if feed {
                 self.feed_puts.fetch_add(1, Ordering::Relaxed);
+                let now = self.writing.fetch_add(1, Ordering::SeqCst) + 1;
+                self.most_at_once.fetch_max(now, Ordering::SeqCst);
             }
             tokio::time::sleep(Duration::from_millis(5)).await;
+            if feed {
+                self.writing.fetch_sub(1, Ordering::SeqCst);
+            }
             self.inner.put(key, value, expected).await
         }
 
@@ -450,6 +473,10 @@ mod tests {
     }
 
     fn published(n: u128, commune: &str) -> Envelope<PublicationEvent> {
+        published_to(n, &[commune])
+    }
+
+    fn published_to(n: u128, communes: &[&str]) -> Envelope<PublicationEvent> {
         let id =
             PublicationId::new(Uuid::from_u128((0x0193_6f5e_0000_7c3b_9a6e << 48) | n)).unwrap();
         let when = Timestamp::from_unix_micros(1_790_000_000_000_000 + i64::try_from(n).unwrap());
@@ -458,7 +485,13 @@ mod tests {
             publisher: PublisherId::new(Uuid::from_u128(1)),
             author: TokenId::new(Uuid::from_u128(2)),
             content: Content {
-                communes: CommuneSet::new(vec![InseeCode::parse(commune).unwrap()]).unwrap(),
+                communes: CommuneSet::new(
+                    communes
+                        .iter()
+                        .map(|c| InseeCode::parse(c).unwrap())
+                        .collect(),
+                )
+                .unwrap(),
                 title: Title::parse("Marché de Noël").unwrap(),
                 body: Body::parse("Place de la mairie, samedi de 10 h à 18 h.").unwrap(),
                 category: Category::Event,
@@ -506,5 +539,33 @@ mod tests {
             puts <= 5,
             "40 events for one feed cost {puts} writes of it (one at a time would cost 40)"
         );
+    }
+
+    /// A publication to many communes has its feeds written side by side,
+    /// a bounded number at once, and is on every one of them; its record
+    /// (written last) says it was applied.
+    #[tokio::test]
+    async fn the_feeds_of_one_event_are_written_side_by_side() {
+        let store = Slow::default();
+        let communes: Vec<String> = (1..=100).map(|n| format!("35{n:03}")).collect();
+        let communes: Vec<&str> = communes.iter().map(String::as_str).collect();
+        let event = published_to(1, &communes);
+        assert_eq!(project(&store, &event).await.unwrap(), Outcome::Applied);
+        for commune in &communes {
+            let feed = store
+                .inner
+                .get(&format!("feed.{commune}"))
+                .await
+                .unwrap()
+                .unwrap_or_else(|| panic!("the feed of {commune} was written"));
+            let board: FeedDocument = decode_document(&feed.value).unwrap();
+            assert_eq!(board.entries().len(), 1, "the publication is on {commune}");
+        }
+        let most = store.most_at_once.load(Ordering::SeqCst);
+        assert!(
+            most > 1 && most <= FEEDS_IN_FLIGHT,
+            "{most} feeds were written at once (more than one, at most {FEEDS_IN_FLIGHT})"
+        );
+        assert_eq!(project(&store, &event).await.unwrap(), Outcome::Duplicate);
     }
 }
