@@ -2,7 +2,7 @@
 //!
 //! [`project`] is the idempotent writer shared by both modes. It reads the
 //! publication's record, asks the pure `step` what the event does, writes every
-//! affected board with compare-and-set, then the record. A crash in between is
+//! affected board with compare-and-set (several at once), then the record. A crash in between is
 //! harmless: the record still says the event was not applied, the event comes
 //! again, and re-writing the same boards changes nothing.
 //!
@@ -70,7 +70,7 @@ pub async fn project(
             Step::Apply { record, changes } => {
                 // The feeds of a department-wide alert are written side by
                 // side: one after the other, the 332 of Ille-et-Vilaine took
-                // a third of a second (docs/BENCHMARKS.md).
+                // 204 ms to be written, side by side 97 ms (p50, ADR 4).
                 let writes: Vec<_> = changes
                     .iter()
                     .map(|(commune, change)| {

@@ -12,9 +12,9 @@ With RETRACT=1 each publication is retracted once measured, and the next one
 waits until B answers 410 for it: every sample then meets feeds of the same
 size (a department-wide publication lists its communes, and 20 of them would
 make each feed of the department several times larger)."""
-import os
 import http.client
 import json
+import os
 import statistics
 import sys
 import time
