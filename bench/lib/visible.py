@@ -28,6 +28,21 @@ a = http.client.HTTPConnection("127.0.0.1", a_port)
 b = http.client.HTTPConnection("127.0.0.1", b_port)
 body = {"communes": communes, "title": "Alerte", "body": "Vigilance orange orages.", "category": "weather",
         "priority": "urgent", "notify": False}
+
+
+def wait_for(pid, status, since, what):
+    """Polls B every 0.5 ms until it answers `status` for the publication."""
+    while True:
+        b.request("GET", f"/v1/publications/{pid}")
+        r = b.getresponse()
+        r.read()
+        if r.status == status:
+            return
+        if time.perf_counter() - since > 10:
+            sys.exit(f"{what} never became visible")
+        time.sleep(0.0005)
+
+
 samples = []
 for _ in range(n):
     start = time.perf_counter()
@@ -38,15 +53,7 @@ for _ in range(n):
     if response.status != 201:
         sys.exit(f"publish failed: {response.status} {payload[:200]}")
     pid = json.loads(payload)["id"]
-    while True:
-        b.request("GET", f"/v1/publications/{pid}")
-        r = b.getresponse()
-        r.read()
-        if r.status == 200:
-            break
-        if time.perf_counter() - start > 10:
-            sys.exit("publication never became visible")
-        time.sleep(0.0005)
+    wait_for(pid, 200, start, "publication")
     samples.append((time.perf_counter() - start) * 1e6)
     if os.environ.get("RETRACT") == "1":
         a.request("DELETE", f"/v1/publications/{pid}", headers={"Authorization": "Bearer " + token})
@@ -54,16 +61,7 @@ for _ in range(n):
         response.read()
         if response.status != 204:
             sys.exit(f"retract failed: {response.status}")
-        retracted = time.perf_counter()
-        while True:
-            b.request("GET", f"/v1/publications/{pid}")
-            r = b.getresponse()
-            r.read()
-            if r.status == 410:
-                break
-            if time.perf_counter() - retracted > 10:
-                sys.exit("retraction never became visible")
-            time.sleep(0.001)
+        wait_for(pid, 410, time.perf_counter(), "retraction")
     time.sleep(0.01)
 samples.sort()
 pct = lambda p: samples[min(len(samples) - 1, int(round(p / 100 * (len(samples) - 1))))]
