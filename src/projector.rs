@@ -70,7 +70,10 @@ pub async fn project(
             Step::Apply { record, changes } => {
                 // The feeds of a department-wide alert are written side by
                 // side: one after the other, the 332 of Ille-et-Vilaine took
-                // 204 ms to be written, side by side 97 ms (p50, ADR 4).
+                // 204 ms to be written, side by side 97 ms (p50, ADR 4). The
+                // futures are collected first: a stream mapping over borrowed
+                // changes is not `Send` for every lifetime, which the spawned
+                // projector tasks need.
                 let writes: Vec<_> = changes
                     .iter()
                     .map(|(commune, change)| {
