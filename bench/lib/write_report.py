@@ -593,7 +593,9 @@ if any(api for _, api, _ in write_rows):
         "",
     ] + alone_explained(alone) + [
         "- **Making the command visible everywhere costs several times the command.** The",
-        "  relay publishes the event and marks it published (a second durable commit), and",
+        "  relay publishes the event and marks it published (a second durable commit, shared",
+        "  by the events of one relay round: 0.14 UPDATE per command at one client, counted",
+        "  by hand with MariaDB's `Com_update` on 2026-11-30), and",
         "  the feed and statistics projectors write four KV documents per publication (its",
         "  record, its commune's feed, its owner record, its publisher's statistics document),",
         "  each a JetStream write that the broker fsyncs before acknowledging it",
