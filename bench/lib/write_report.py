@@ -302,11 +302,24 @@ if feed_rows:
                       "held 1.09–1.12 GB with every commune cached, over the 1 GiB target, so glibc's is",
                       "kept (ADR 9)."]
         else:
+            one = {e: (feed_rows.get("feed one panneau %s c64" % e), feed_rows.get("feed one nginx %s c64" % e))
+                   for e in ("identity", "gzip")}
             lines += ["Panneau served more requests per second than nginx there; only the p99 is behind.",
-                      "The likely cause, not verified: wrk's two threads and the server's two share the",
-                      "two cores, so a request can wait out another thread's time slice (a few",
-                      "milliseconds under Linux's scheduler), the more often the busier the server keeps",
-                      "its cores. Over this run's three measurements, the p99 of each spans:"]
+                      "The cause: wrk's two threads and the server's two share the two cores, so a",
+                      "request can wait out another thread's time slice (a few milliseconds under",
+                      "Linux's scheduler), the more often the busier the server keeps its cores; a",
+                      "server that leaves wrk short of CPU has wrk's own queueing counted in its",
+                      "latencies."]
+            one = {e: pair for e, pair in one.items() if all(pair)}
+            if one:
+                lines += ["With one server thread and one wrk thread (two threads on two cores, the table",
+                          "\"one thread each\" below), nothing waits out a time slice: the p99 at 64",
+                          "connections is then " + " and ".join(
+                              "%.2f ms for Panneau against %.2f ms for nginx (%s, %.2f× nginx's requests)" % (
+                                  med(a, "p99_us")[0] / 1000, med(b, "p99_us")[0] / 1000, e,
+                                  med(a, "rps")[0] / med(b, "rps")[0])
+                              for e, (a, b) in one.items()) + "."]
+            lines += ["Over this run's three measurements, the p99 of each spans:"]
             lines += ["%s at %d connections, Panneau %s, nginx %s;" % (
                 encoding, c, p99_spread(feed_rows, "feed panneau %s c%d" % (encoding, c)),
                 p99_spread(feed_rows, "feed nginx %s c%d" % (encoding, c))) for _, _, encoding, c in missed]
@@ -334,6 +347,17 @@ if feed_rows:
         lines += encoding_table(pinned, "feed pinned", ("panneau", "nginx"))
         lines += ["", "Command: `bench/run feed` (`taskset -c 1 wrk -t2 -c64 -d5s`, the server's threads "
                   "moved to core 0 with `taskset -a -p -c 0`; 3 runs each).", ""]
+    one = {k: v for k, v in feed_rows.items() if k.startswith("feed one ")}
+    if one:
+        lines += [
+            "One thread each: a second instance with one worker thread (`TOKIO_WORKER_THREADS=1`)",
+            "and nginx with one worker, each against one wrk thread at 64 connections: two busy",
+            "threads on two cores, none pinned, so that no thread waits out another's time slice.",
+            "A diagnostic of the tail too, not the comparison above.",
+            "",
+        ]
+        lines += encoding_table(one, "feed one", ("panneau", "nginx"))
+        lines += ["", "Command: `bench/run feed` (`wrk -t1 -c64 -d5s`, identity only; 3 runs each).", ""]
     h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
     if h2:
         lines += [
