@@ -332,7 +332,8 @@ if feed_rows:
                           % (med(ours, "p99_us")[0] / 1000, med(theirs, "p99_us")[0] / 1000)]
             else:
                 lines += ["This run did not measure the same load with wrk on a core of its own."]
-            lines += ["A load generator on a second machine would settle it; not done."]
+            lines += ["A load generator on a second machine would take the shared cores out of the",
+                      "comparison; this workplace runs on one."]
         lines += [""]
     pinned = {k: v for k, v in feed_rows.items()
               if k.startswith("feed pinned ") and not k.startswith("feed pinned h2 ")}
