@@ -36,6 +36,16 @@ def encoding_table(rows, prefix, targets):
     return out
 
 
+def diagnostic(rows, prefix, intro, command):
+    """A diagnostic run of the read path over HTTP/1.1 (`prefix`: "feed pinned",
+    "feed one"): its introduction, its table beside nginx and its command."""
+    group = {k: v for k, v in rows.items()
+             if k.startswith(prefix + " ") and not k.startswith(prefix + " h2 ")}
+    if not group:
+        return []
+    return intro + [""] + encoding_table(group, prefix, ("panneau", "nginx")) + ["", command, ""]
+
+
 def p99_spread(rows, key):
     """The min–max of a group's p99 across its runs, in ms."""
     values = sorted(r["p99_us"] for r in rows.get(key, []))
@@ -335,30 +345,19 @@ if feed_rows:
             lines += ["A load generator on a second machine would take the shared cores out of the",
                       "comparison; this workplace runs on one."]
         lines += [""]
-    pinned = {k: v for k, v in feed_rows.items()
-              if k.startswith("feed pinned ") and not k.startswith("feed pinned h2 ")}
-    if pinned:
-        lines += [
-            "The same loads at 64 connections with wrk on a core of its own and the server (all",
-            "its threads, or every nginx worker) on the other, so that neither waits out the",
-            "other's time slices: a diagnostic of where a tail comes from, not the comparison",
-            "above (each server has one core here, and both in the run above).",
-            "",
-        ]
-        lines += encoding_table(pinned, "feed pinned", ("panneau", "nginx"))
-        lines += ["", "Command: `bench/run feed` (`taskset -c 1 wrk -t2 -c64 -d5s`, the server's threads "
-                  "moved to core 0 with `taskset -a -p -c 0`; 3 runs each).", ""]
-    one = {k: v for k, v in feed_rows.items() if k.startswith("feed one ")}
-    if one:
-        lines += [
-            "One thread each: a second instance with one worker thread (`TOKIO_WORKER_THREADS=1`)",
-            "and nginx with one worker, each against one wrk thread at 64 connections: two busy",
-            "threads on two cores, none pinned, so that no thread waits out another's time slice.",
-            "A diagnostic of the tail too, not the comparison above.",
-            "",
-        ]
-        lines += encoding_table(one, "feed one", ("panneau", "nginx"))
-        lines += ["", "Command: `bench/run feed` (`wrk -t1 -c64 -d5s`, identity only; 3 runs each).", ""]
+    lines += diagnostic(feed_rows, "feed pinned", [
+        "The same loads at 64 connections with wrk on a core of its own and the server (all",
+        "its threads, or every nginx worker) on the other, so that neither waits out the",
+        "other's time slices: a diagnostic of where a tail comes from, not the comparison",
+        "above (each server has one core here, and both in the run above).",
+    ], "Command: `bench/run feed` (`taskset -c 1 wrk -t2 -c64 -d5s`, the server's threads "
+       "moved to core 0 with `taskset -a -p -c 0`; 3 runs each).")
+    lines += diagnostic(feed_rows, "feed one", [
+        "One thread each: a second instance with one worker thread (`TOKIO_WORKER_THREADS=1`)",
+        "and nginx with one worker, each against one wrk thread at 64 connections: two busy",
+        "threads on two cores, none pinned, so that no thread waits out another's time slice.",
+        "A diagnostic of the tail too, not the comparison above.",
+    ], "Command: `bench/run feed` (`wrk -t1 -c64 -d5s`, identity only; 3 runs each).")
     h2 = {k: v for k, v in feed_rows.items() if k.startswith("feed h2 ")}
     if h2:
         lines += [
